@@ -1,0 +1,1 @@
+"""The orch scheduler process: Cluster API, controllers, scheduling loop, node protocol."""

@@ -1,0 +1,76 @@
+"""Informers: a cache of one kind, kept by list + watch from etcd.
+
+The scheduler's controllers read these caches, never etcd directly, and treat
+every notification as a hint to re-examine the whole cache (level-triggered).
+When the watch's revision has been compacted, or etcd was unreachable, the
+informer lists again and carries on: the cache heals, no event is trusted to
+have been delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from apimachinery.errors import ExpiredError, UnavailableError
+from apimachinery.meta import Kind, Obj
+from scheduler.store import Store, WatchEvent
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace or "", name)
+Listener = Callable[[WatchEvent | None], None]
+
+
+def obj_key(obj: Obj) -> Key:
+    md = obj["metadata"]
+    return (md.get("namespace") or "", md["name"])
+
+
+class Informer:
+    """The current objects of one kind, by (namespace, name)."""
+
+    def __init__(self, store: Store, kind: Kind) -> None:
+        self.store = store
+        self.kind = kind
+        self.cache: dict[Key, Obj] = {}
+        self.revision = 0
+        self.synced = asyncio.Event()
+        self._listeners: list[Listener] = []
+
+    def add_listener(self, listener: Listener) -> None:
+        """``listener(event)`` after every change; ``listener(None)`` after a (re)list."""
+        self._listeners.append(listener)
+
+    def _notify(self, event: WatchEvent | None) -> None:
+        for listener in self._listeners:
+            listener(event)
+
+    def items(self) -> list[Obj]:
+        return list(self.cache.values())
+
+    async def run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                items, rev = await self.store.list(self.kind)
+                self.cache = {obj_key(o): o for o in items}
+                self.revision = rev
+                self.synced.set()
+                self._notify(None)
+                backoff = 0.2
+                async for ev in self.store.watch(self.kind, None, rev + 1):
+                    if ev.type == "DELETED":
+                        self.cache.pop(obj_key(ev.obj), None)
+                    else:
+                        self.cache[obj_key(ev.obj)] = ev.obj
+                    self.revision = ev.revision
+                    self._notify(ev)
+                # The watch ended without an error (the client closed it): relist.
+            except ExpiredError as e:
+                log.info("%s informer: %s; relisting", self.kind.plural, e)
+            except UnavailableError as e:
+                log.warning("%s informer: %s; retrying in %.1fs", self.kind.plural, e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)

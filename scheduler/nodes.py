@@ -1,0 +1,166 @@
+"""The node protocol servicer: registration, heartbeats, assignments and pod status.
+
+Agents dial in; the scheduler never needs to reach a node. Each agent holds one
+``WatchAssignments`` stream, and every message on it is the node's whole desired
+set of pods (from the pod informer), sent on any change to the node's pods and at
+least every ``resync`` seconds, so an agent that missed one converges on the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import platform
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+import grpc
+
+from apimachinery.errors import ConflictError, NotFoundError, OrchError
+from apimachinery.meta import NODE, Obj, now_rfc3339
+from apimachinery.pb import node_pb2 as pb
+from apimachinery.pb import node_pb2_grpc as pb_grpc
+from apimachinery.quantity import format_cpu, format_memory
+from scheduler.informer import Informer
+from scheduler.registry import Registry
+from scheduler.store import WatchEvent
+
+log = logging.getLogger(__name__)
+
+
+def _resources(r: pb.Resources) -> dict[str, str]:
+    return {"cpu": format_cpu(r.cpu_millis), "memory": format_memory(r.memory_bytes), "pods": str(r.pods)}
+
+
+def _ready_condition(status: str, reason: str, message: str) -> Obj:
+    now = now_rfc3339()
+    return {"type": "Ready", "status": status, "reason": reason, "message": message,
+            "lastHeartbeatTime": now, "lastTransitionTime": now}
+
+
+def node_from_registration(req: pb.RegisterRequest, current: Obj | None) -> Obj:
+    labels = {
+        "kubernetes.io/hostname": req.node_name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine()),
+    }
+    node: Obj = current or {"apiVersion": "v1", "kind": "Node", "metadata": {"name": req.node_name}, "spec": {}}
+    md = node["metadata"]
+    # Labels an admin added stay; the agent's own labels win where both set one.
+    md["labels"] = {**md.get("labels", {}), **labels, **dict(req.labels)}
+    node["status"] = {
+        "capacity": _resources(req.capacity),
+        "allocatable": _resources(req.allocatable),
+        "addresses": [{"type": a.type, "address": a.address} for a in req.addresses],
+        "nodeInfo": {
+            "kernelVersion": req.kernel_version,
+            "kubeletVersion": req.agent_version,
+            "operatingSystem": "linux",
+            "architecture": labels["kubernetes.io/arch"],
+            "cgroupDriver": req.cgroup_driver,
+        },
+        "conditions": [_ready_condition("True", "AgentReady", "orch-agent is posting ready status")],
+    }
+    return node
+
+
+class NodeService(pb_grpc.NodeServiceServicer):
+    def __init__(self, registry: Registry, pods: Informer, heartbeat_interval: int = 5,
+                 resync: float = 30.0) -> None:
+        self.registry = registry
+        self.store = registry.store
+        self.pods = pods
+        self.heartbeat_interval = heartbeat_interval
+        self.resync = resync
+        self._versions: dict[str, int] = defaultdict(int)
+        self._changed = asyncio.Condition()
+        pods.add_listener(self._on_pod_event)
+
+    def _on_pod_event(self, ev: WatchEvent | None) -> None:
+        if ev is None:
+            for node in list(self._versions):
+                self._versions[node] += 1
+        else:
+            node = ev.obj["spec"].get("nodeName")
+            if not node:
+                return
+            self._versions[node] += 1
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
+        try:
+            for _ in range(8):
+                current = await self.store.get_or_none(NODE, None, request.node_name)
+                node = node_from_registration(request, current)
+                try:
+                    if current is None:
+                        await self.registry.store.create(
+                            {**node, "metadata": {**node["metadata"], "uid": str(uuid.uuid4()),
+                                                  "creationTimestamp": now_rfc3339()}})
+                    else:
+                        await self.store.update(node, current["metadata"]["resourceVersion"])
+                    break
+                except ConflictError:
+                    continue
+            log.info("node %s registered", request.node_name)
+        except OrchError as e:
+            await context.abort(e.code, str(e))
+        return pb.RegisterResponse(heartbeat_interval_seconds=self.heartbeat_interval)
+
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:
+        def beat(node: Obj) -> Obj:
+            conds = node.setdefault("status", {}).setdefault("conditions", [])
+            ready = next((c for c in conds if c.get("type") == "Ready"), None)
+            if ready is None or ready.get("status") != "True":
+                conds[:] = [c for c in conds if c.get("type") != "Ready"]
+                conds.append(_ready_condition("True", "AgentReady", "orch-agent is posting ready status"))
+                log.info("node %s is Ready again", request.node_name)
+            else:
+                ready["lastHeartbeatTime"] = now_rfc3339()
+            return node
+
+        try:
+            await self.store.update_with_retry(NODE, None, request.node_name, beat)
+        except NotFoundError:
+            return pb.HeartbeatResponse(known=False)
+        except OrchError as e:
+            await context.abort(e.code, str(e))
+        return pb.HeartbeatResponse(known=True)
+
+    def _assigned(self, node: str) -> list[Obj]:
+        pods = [p for p in self.pods.items() if p["spec"].get("nodeName") == node]
+        return sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"]))
+
+    async def WatchAssignments(self, request: pb.WatchAssignmentsRequest,
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Assignments]:
+        node = request.node_name
+        await self.pods.synced.wait()
+        log.info("node %s opened its assignments stream", node)
+        while True:
+            seen = self._versions[node]
+            yield pb.Assignments(pods_json=[json.dumps(p) for p in self._assigned(node)],
+                                 resource_version=self.pods.revision)
+            async with self._changed:
+                try:
+                    await asyncio.wait_for(self._changed.wait_for(lambda: self._versions[node] != seen), self.resync)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def ReportPodStatus(self, request: pb.PodStatusReport, context: grpc.aio.ServicerContext) -> pb.PodStatusAck:
+        try:
+            if request.removed:
+                await self.registry.finalize_pod(request.namespace, request.name, request.uid)
+            else:
+                await self.registry.update_pod_status(request.node_name, request.namespace, request.name,
+                                                      request.uid, json.loads(request.status_json))
+        except NotFoundError:
+            pass  # the pod is gone already: nothing to record
+        except OrchError as e:
+            await context.abort(e.code, str(e))
+        return pb.PodStatusAck()

@@ -1,0 +1,150 @@
+"""The scheduling loop: Pending pods → framework → bind with a guarded etcd write.
+
+The loop reads the pod and node informers, never etcd; a pass starts on any change
+(a hint) and at least every ``resync`` seconds (the truth). A binding is an update
+of the pod guarded by the revision the decision was made from, so a pod changed or
+deleted meanwhile is never bound from stale data, and the same pod is never bound
+twice. Bound pods are *assumed* on their node until the informer shows the binding,
+so two decisions in a row never double-book a node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from apimachinery.errors import ConflictError, NotFoundError, OrchError
+from apimachinery.meta import POD, Obj, now_rfc3339, ref
+from scheduler.framework import Framework, NodeInfo
+from scheduler.informer import Informer, obj_key
+from scheduler.store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCHEDULER = "default-scheduler"
+TERMINAL = ("Succeeded", "Failed")
+
+
+def is_pending(pod: Obj) -> bool:
+    spec = pod["spec"]
+    return (
+        not spec.get("nodeName")
+        and not pod["metadata"].get("deletionTimestamp")
+        and spec.get("schedulerName", DEFAULT_SCHEDULER) == DEFAULT_SCHEDULER
+        and pod.get("status", {}).get("phase", "Pending") == "Pending"
+    )
+
+
+def build_node_infos(nodes: list[Obj], pods: list[Obj]) -> dict[str, NodeInfo]:
+    infos = {n["metadata"]["name"]: NodeInfo(n) for n in nodes}
+    for pod in pods:
+        node = pod["spec"].get("nodeName")
+        if node in infos and pod.get("status", {}).get("phase") not in TERMINAL:
+            infos[node].add_pod(pod)
+    return infos
+
+
+def _condition(status: str, reason: str = "", message: str = "") -> Obj:
+    cond: Obj = {"type": "PodScheduled", "status": status, "lastTransitionTime": now_rfc3339()}
+    if reason:
+        cond["reason"] = reason
+    if message:
+        cond["message"] = message
+    return cond
+
+
+class SchedulingLoop:
+    def __init__(self, store: Store, pods: Informer, nodes: Informer, framework: Framework,
+                 resync: float = 5.0) -> None:
+        self.store = store
+        self.pods = pods
+        self.nodes = nodes
+        self.framework = framework
+        self.resync = resync
+        self._wake = asyncio.Event()
+        # uid -> the bound pod as written, until the informer catches up.
+        self._assumed: dict[str, Obj] = {}
+        pods.add_listener(lambda ev: self._wake.set())
+        nodes.add_listener(lambda ev: self._wake.set())
+
+    async def run(self) -> None:
+        await self.pods.synced.wait()
+        await self.nodes.synced.wait()
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.resync)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.schedule_pending()
+            except OrchError as e:
+                log.warning("scheduling pass failed: %s", e)
+
+    def _current_pods(self) -> list[Obj]:
+        """The informer's pods, with assumed bindings laid over copies it has not caught up with."""
+        pods = []
+        for pod in self.pods.items():
+            uid = pod["metadata"]["uid"]
+            assumed = self._assumed.get(uid)
+            if assumed is not None:
+                if int(pod["metadata"]["resourceVersion"]) >= int(assumed["metadata"]["resourceVersion"]):
+                    del self._assumed[uid]
+                else:
+                    pod = assumed
+            pods.append(pod)
+        live = {p["metadata"]["uid"] for p in pods}
+        for uid in [u for u in self._assumed if u not in live]:
+            del self._assumed[uid]
+        return pods
+
+    async def schedule_pending(self) -> None:
+        pods = self._current_pods()
+        infos = build_node_infos(self.nodes.items(), pods)
+        pending = sorted((p for p in pods if is_pending(p)),
+                         key=lambda p: (-int(p["spec"].get("priority", 0)), p["metadata"]["creationTimestamp"]))
+        for pod in pending:
+            decision = self.framework.schedule(pod, list(infos.values()))
+            if decision.node is None:
+                await self._mark_unschedulable(pod, decision.message)
+                continue
+            bound = await self._bind(pod, decision.node)
+            if bound is not None:
+                infos[decision.node].add_pod(bound)
+
+    async def _bind(self, pod: Obj, node: str) -> Obj | None:
+        bound = {**pod, "spec": {**pod["spec"], "nodeName": node}}
+        status = dict(pod.get("status", {}))
+        status["conditions"] = [c for c in status.get("conditions", []) if c.get("type") != "PodScheduled"]
+        status["conditions"].append(_condition("True"))
+        status.pop("reason", None)
+        status.pop("message", None)
+        bound["status"] = status
+        try:
+            stored = await self.store.update(bound, pod["metadata"]["resourceVersion"])
+        except (ConflictError, NotFoundError) as e:
+            # Changed or deleted since the decision: the next pass decides again from fresh data.
+            log.info("binding pod %s to %s lost a race: %s", ref(pod), node, e)
+            return None
+        self._assumed[stored["metadata"]["uid"]] = stored
+        self.pods.cache[obj_key(stored)] = stored
+        log.info("bound pod %s to node %s", ref(pod), node)
+        return stored
+
+    async def _mark_unschedulable(self, pod: Obj, message: str) -> None:
+        status = pod.get("status", {})
+        for c in status.get("conditions", []):
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("message") == message:
+                return
+        new_status = dict(status)
+        new_status["phase"] = "Pending"
+        new_status["conditions"] = [c for c in status.get("conditions", []) if c.get("type") != "PodScheduled"]
+        new_status["conditions"].append(_condition("False", "Unschedulable", message))
+        try:
+            await self.store.update({**pod, "status": new_status}, pod["metadata"]["resourceVersion"])
+            log.info("pod %s unschedulable: %s", ref(pod), message)
+        except (ConflictError, NotFoundError):
+            pass
+
+
+__all__ = ["SchedulingLoop", "build_node_infos", "is_pending", "POD"]

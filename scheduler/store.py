@@ -1,0 +1,281 @@
+"""The etcd store: the only durable state of a cluster, and the only code that writes it.
+
+Key layout, one key per object, JSON values::
+
+    <prefix>/pods/<namespace>/<name>
+    <prefix>/deployments/<namespace>/<name>
+    <prefix>/nodes/<name>
+
+``metadata.resourceVersion`` is never stored: it is the key's etcd ``mod_revision``,
+filled in on every read. Every write is a transaction guarded by that revision
+(``create_revision == 0`` to create), so a lost race is a ``ConflictError`` and
+never a silent overwrite. Several objects can be written in one transaction, which
+is how ``apply`` of a multi-document file is all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aetcd
+import aetcd.exceptions
+import aetcd.rtypes
+
+from apimachinery.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    ExpiredError,
+    NotFoundError,
+    OrchError,
+    UnavailableError,
+)
+from apimachinery.meta import KINDS, Kind, Obj
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_PREFIX = "/orch"
+# etcd's default --max-txn-ops is 128; each object costs one compare and one put.
+MAX_OBJECTS_PER_TXN = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One object to write in a transaction: create when ``expected_rv`` is 0."""
+
+    obj: Obj
+    expected_rv: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    type: str  # ADDED | MODIFIED | DELETED
+    obj: Obj
+    revision: int
+
+
+def _translate(e: Exception) -> OrchError:
+    if isinstance(e, aetcd.exceptions.RevisionCompactedError):
+        return ExpiredError(f"too old resource version: etcd compacted below {e.compacted_revision}")
+    if isinstance(e, (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError)):
+        return UnavailableError(f"etcd unavailable: {e}")
+    if isinstance(e, OrchError):
+        return e
+    return UnavailableError(f"etcd error: {type(e).__name__}: {e}")
+
+
+class Store:
+    """Typed access to cluster objects in etcd."""
+
+    def __init__(self, client: aetcd.Client, prefix: str = DEFAULT_PREFIX) -> None:
+        self.client = client
+        self.prefix = prefix.rstrip("/")
+
+    @classmethod
+    def connect(cls, endpoint: str, prefix: str = DEFAULT_PREFIX, timeout: int = 10) -> Store:
+        host, _, port = endpoint.rpartition(":")
+        return cls(aetcd.Client(host=host or "127.0.0.1", port=int(port), timeout=timeout), prefix)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # --- keys --------------------------------------------------------------
+
+    def kind_prefix(self, kind: Kind, namespace: str | None = None) -> bytes:
+        if kind.namespaced and namespace:
+            return f"{self.prefix}/{kind.plural}/{namespace}/".encode()
+        return f"{self.prefix}/{kind.plural}/".encode()
+
+    def key(self, kind: Kind, namespace: str | None, name: str) -> bytes:
+        if kind.namespaced:
+            return f"{self.prefix}/{kind.plural}/{namespace}/{name}".encode()
+        return f"{self.prefix}/{kind.plural}/{name}".encode()
+
+    def key_of(self, obj: Obj) -> bytes:
+        kind = KINDS[obj["kind"]]
+        md = obj["metadata"]
+        return self.key(kind, md.get("namespace"), md["name"])
+
+    # --- encoding ----------------------------------------------------------
+
+    @staticmethod
+    def _decode(value: bytes, mod_revision: int) -> Obj:
+        obj: Obj = json.loads(value)
+        obj["metadata"]["resourceVersion"] = str(mod_revision)
+        return obj
+
+    @staticmethod
+    def _encode(obj: Obj) -> bytes:
+        md = {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}
+        return json.dumps({**obj, "metadata": md}, sort_keys=True, separators=(",", ":")).encode()
+
+    async def _run(self, coro_fn: Callable[[], Any]) -> Any:
+        try:
+            return await coro_fn()
+        except OrchError:
+            raise
+        except (aetcd.exceptions.ClientError, OSError, asyncio.TimeoutError) as e:
+            raise _translate(e) from e
+
+    # --- reads -------------------------------------------------------------
+
+    async def get(self, kind: Kind, namespace: str | None, name: str) -> Obj:
+        got = await self.get_or_none(kind, namespace, name)
+        if got is None:
+            where = f" in namespace {namespace!r}" if kind.namespaced else ""
+            raise NotFoundError(f'{kind.plural} "{name}" not found{where}')
+        return got
+
+    async def get_or_none(self, kind: Kind, namespace: str | None, name: str) -> Obj | None:
+        kv = await self._run(lambda: self.client.get(self.key(kind, namespace, name)))
+        return None if kv is None else self._decode(kv.value, kv.mod_revision)
+
+    async def list(self, kind: Kind, namespace: str | None = None) -> tuple[list[Obj], int]:
+        """Every object of ``kind`` (in ``namespace`` when given) and the revision it was read at."""
+        rng = await self._run(lambda: self.client.get_prefix(self.kind_prefix(kind, namespace)))
+        return [self._decode(kv.value, kv.mod_revision) for kv in rng], rng.header.revision
+
+    async def revision(self) -> int:
+        """etcd's current revision (read from the header of an empty range)."""
+        rng = await self._run(lambda: self.client.get_prefix(f"{self.prefix}/.none/".encode(), keys_only=True))
+        return int(rng.header.revision)
+
+    # --- writes ------------------------------------------------------------
+
+    async def create(self, obj: Obj) -> Obj:
+        return (await self.write([Write(obj, 0)]))[0]
+
+    async def update(self, obj: Obj, expected_rv: int | str | None = None) -> Obj:
+        """Replace ``obj`` if etcd still holds the revision it was read at."""
+        rv = int(expected_rv if expected_rv is not None else obj["metadata"]["resourceVersion"])
+        return (await self.write([Write(obj, rv)]))[0]
+
+    async def write(self, writes: Iterable[Write]) -> list[Obj]:
+        """Write every object in one transaction: all or nothing.
+
+        Raises ConflictError (an object changed since it was read, or was deleted),
+        AlreadyExistsError (a create found the name taken). Returns the objects as
+        stored, with their new resourceVersion.
+        """
+        writes = list(writes)
+        if not writes:
+            return []
+        if len(writes) > MAX_OBJECTS_PER_TXN:
+            raise OrchError(f"at most {MAX_OBJECTS_PER_TXN} objects can be written at once, got {len(writes)}")
+        tx = self.client.transactions
+        compares = []
+        puts = []
+        for w in writes:
+            key = self.key_of(w.obj)
+            if w.expected_rv == 0:
+                compares.append(tx.create(key) == 0)
+            else:
+                compares.append(tx.mod(key) == w.expected_rv)
+            puts.append(tx.put(key, self._encode(w.obj)))
+        ok, responses = await self._run(lambda: self.client.transaction(compare=compares, success=puts, failure=[]))
+        if not ok:
+            await self._explain_failed_write(writes)
+        revision = responses[0].response_put.header.revision if responses else 0
+        out = []
+        for w in writes:
+            stored = json.loads(self._encode(w.obj))
+            stored["metadata"]["resourceVersion"] = str(revision)
+            out.append(stored)
+        return out
+
+    async def _explain_failed_write(self, writes: list[Write]) -> None:
+        """A guarded transaction failed: find which object lost and say so."""
+        for w in writes:
+            kind = KINDS[w.obj["kind"]]
+            md = w.obj["metadata"]
+            current = await self.get_or_none(kind, md.get("namespace"), md["name"])
+            if w.expected_rv == 0 and current is not None:
+                raise AlreadyExistsError(f'{kind.plural} "{md["name"]}" already exists')
+            if w.expected_rv != 0 and current is None:
+                raise ConflictError(
+                    f'Operation cannot be fulfilled on {kind.plural} "{md["name"]}": the object has been deleted'
+                )
+            if w.expected_rv != 0 and current is not None and int(current["metadata"]["resourceVersion"]) != w.expected_rv:
+                raise ConflictError(
+                    f'Operation cannot be fulfilled on {kind.plural} "{md["name"]}": the object has been modified '
+                    f"(resourceVersion {current['metadata']['resourceVersion']}, expected {w.expected_rv}); "
+                    "please apply your changes to the latest version and try again"
+                )
+        raise ConflictError("the objects changed while they were being written; try again")
+
+    async def delete(self, obj_or_kind: Obj | Kind, namespace: str | None = None, name: str | None = None,
+                     *, expected_rv: int | None = None) -> bool:
+        """Delete one object, guarded by ``expected_rv`` when given. False when it was already gone."""
+        if isinstance(obj_or_kind, Kind):
+            assert name is not None
+            key = self.key(obj_or_kind, namespace, name)
+            label = f'{obj_or_kind.plural} "{name}"'
+        else:
+            key = self.key_of(obj_or_kind)
+            label = f'{KINDS[obj_or_kind["kind"]].plural} "{obj_or_kind["metadata"]["name"]}"'
+        tx = self.client.transactions
+        if expected_rv is None:
+            res = await self._run(lambda: self.client.delete(key))
+            return bool(res and res.deleted)
+        ok, _ = await self._run(lambda: self.client.transaction(
+            compare=[tx.mod(key) == expected_rv], success=[tx.delete(key)], failure=[]))
+        if not ok:
+            raise ConflictError(f"Operation cannot be fulfilled on {label}: the object has been modified")
+        return True
+
+    async def update_with_retry(self, kind: Kind, namespace: str | None, name: str,
+                                mutate: Callable[[Obj], Obj | None], attempts: int = 8) -> Obj | None:
+        """Read, apply ``mutate`` and write back, re-reading on conflict.
+
+        For writers that own a part of the object (the status from a node, a binding)
+        and can recompute their change on the latest copy. ``mutate`` returns None to
+        make no change. Returns the stored object, or None when nothing was written.
+        """
+        for _ in range(attempts):
+            current = await self.get(kind, namespace, name)
+            rv = int(current["metadata"]["resourceVersion"])
+            changed = mutate(json.loads(json.dumps(current)))
+            if changed is None:
+                return None
+            try:
+                return await self.update(changed, rv)
+            except ConflictError:
+                await asyncio.sleep(0.01)
+        raise ConflictError(f'{kind.plural} "{name}": too many concurrent writers, gave up')
+
+    # --- watch -------------------------------------------------------------
+
+    async def watch(self, kind: Kind, namespace: str | None, start_revision: int) -> AsyncIterator[WatchEvent]:
+        """Changes to objects of ``kind`` from ``start_revision`` (inclusive).
+
+        Raises ExpiredError when the revision was compacted: list again, then watch
+        from the list's revision + 1.
+        """
+        prefix = self.kind_prefix(kind, namespace)
+        try:
+            watch = await self.client.watch_prefix(prefix, start_revision=start_revision, prev_kv=True)
+        except (aetcd.exceptions.ClientError, OSError) as e:
+            raise _translate(e) from e
+        try:
+            async for ev in watch:
+                if ev.kind == aetcd.rtypes.EventKind.DELETE or ev.kind == "DELETE":
+                    if ev.prev_kv is None:
+                        continue
+                    obj = self._decode(ev.prev_kv.value, ev.kv.mod_revision)
+                    yield WatchEvent("DELETED", obj, ev.kv.mod_revision)
+                else:
+                    obj = self._decode(ev.kv.value, ev.kv.mod_revision)
+                    yield WatchEvent("ADDED" if ev.kv.version == 1 else "MODIFIED", obj, ev.kv.mod_revision)
+        except (aetcd.exceptions.ClientError, OSError) as e:
+            raise _translate(e) from e
+        finally:
+            try:
+                await watch.cancel()
+            except Exception:  # noqa: BLE001 - the stream may already be gone; nothing to release
+                pass
