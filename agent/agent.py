@@ -1,0 +1,301 @@
+"""The agent's I/O shell: the node protocol over gRPC, and the actions of ``reconcile.plan``.
+
+Two named loops run side by side:
+
+* the **connection loop** registers the node, heartbeats, and holds the
+  ``WatchAssignments`` stream; when the scheduler is unreachable it retries with
+  back-off, and nothing else stops: containers run on without the control plane;
+* the **reconcile loop** wakes on every assignment and at least every second,
+  reads the containers from the runtime (the disk, not memory), plans, and runs
+  each action in a worker thread (the kernel calls block), one pod at a time.
+
+Statuses are reported when they change, and all of them again after a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from agent.reconcile import (
+    Action,
+    ContainerRecord,
+    PodRecord,
+    RemoveContainer,
+    RemovePod,
+    StartContainer,
+    StopContainer,
+    expand,
+    plan,
+    pod_status,
+    same_status,
+    uid_of,
+)
+from agent.runtime.runtime import ContainerConfig, ContainerState, Runtime
+from apimachinery.errors import OrchError
+from apimachinery.meta import Obj, now_rfc3339
+from apimachinery.pb import node_pb2 as pb
+from apimachinery.pb import node_pb2_grpc as pb_grpc
+from apimachinery.quantity import parse_cpu
+from apimachinery.validation import container_limits
+
+log = logging.getLogger(__name__)
+
+AGENT_VERSION = "orch-agent/0.1.0"
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    name: str
+    scheduler: str
+    state_dir: Path
+    cgroup_root: str
+    cpu_millis: int
+    memory_bytes: int
+    max_pods: int = 110
+    labels: dict[str, str] = field(default_factory=dict)
+    address: str = "127.0.0.1"
+    pod_pids_limit: int = 4096
+
+
+class Agent:
+    def __init__(self, config: NodeConfig, runtime: Runtime) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.pods_dir = config.state_dir / "pods"
+        self.pods_dir.mkdir(parents=True, exist_ok=True)
+        self.records: dict[str, PodRecord] = self._load_records()
+        self.desired: dict[str, Obj] = {}
+        self.have_assignments = False
+        self.busy: set[str] = set()
+        self.reported: dict[str, Obj] = {}
+        self.removed_reported: set[str] = set()
+        self.stub: pb_grpc.NodeServiceStub | None = None
+        self.wake = asyncio.Event()
+        # Running actions; held so they are not garbage-collected mid-flight.
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Stops wait out grace periods; many pods may stop at once, so size for that.
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="runtime")
+
+    # --- records -------------------------------------------------------------
+
+    def _load_records(self) -> dict[str, PodRecord]:
+        records = {}
+        for path in self.pods_dir.glob("*.json"):
+            try:
+                records[path.stem] = PodRecord.from_json(json.loads(path.read_text()))
+            except (OSError, ValueError, KeyError) as e:
+                log.warning("node %s: unreadable pod record %s: %s", self.config.name, path, e)
+        return records
+
+    def _save_record(self, uid: str) -> None:
+        path = self.pods_dir / f"{uid}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.records[uid].to_json()))
+        os.replace(tmp, path)
+
+    def _drop_record(self, uid: str) -> None:
+        self.records.pop(uid, None)
+        (self.pods_dir / f"{uid}.json").unlink(missing_ok=True)
+
+    # --- connection ----------------------------------------------------------
+
+    def _registration(self) -> pb.RegisterRequest:
+        c = self.config
+        res = pb.Resources(cpu_millis=c.cpu_millis, memory_bytes=c.memory_bytes, pods=c.max_pods)
+        return pb.RegisterRequest(
+            node_name=c.name, labels=c.labels, capacity=res, allocatable=res,
+            addresses=[pb.NodeAddress(type="InternalIP", address=c.address),
+                       pb.NodeAddress(type="Hostname", address=c.name)],
+            agent_version=AGENT_VERSION, kernel_version=os.uname().release,
+            cgroup_driver=type(self.runtime.driver).__name__ if hasattr(self.runtime, "driver") else "",
+        )
+
+    async def connection_loop(self) -> None:
+        backoff = 0.5
+        while True:
+            channel = grpc.aio.insecure_channel(self.config.scheduler)
+            heartbeat: asyncio.Task[None] | None = None
+            try:
+                stub = pb_grpc.NodeServiceStub(channel)
+                reply = await stub.Register(self._registration(), timeout=10)
+                log.info("node %s: registered with %s", self.config.name, self.config.scheduler)
+                self.stub = stub
+                self.reported.clear()
+                self.removed_reported.clear()
+                heartbeat = asyncio.get_running_loop().create_task(
+                    self._heartbeats(stub, max(1, reply.heartbeat_interval_seconds)), name="heartbeat")
+                backoff = 0.5
+                stream = stub.WatchAssignments(pb.WatchAssignmentsRequest(node_name=self.config.name))
+                async for msg in stream:
+                    self._on_assignments(msg)
+                    if heartbeat.done():
+                        break
+            except grpc.aio.AioRpcError as e:
+                log.warning("node %s: scheduler %s: %s %s; retrying in %.1fs", self.config.name,
+                            self.config.scheduler, e.code().name, e.details(), backoff)
+            finally:
+                self.stub = None
+                if heartbeat is not None:
+                    heartbeat.cancel()
+                await channel.close()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _heartbeats(self, stub: pb_grpc.NodeServiceStub, interval: int) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                reply = await stub.Heartbeat(pb.HeartbeatRequest(node_name=self.config.name), timeout=10)
+            except grpc.aio.AioRpcError as e:
+                log.warning("node %s: heartbeat failed: %s", self.config.name, e.code().name)
+                continue
+            if not reply.known:
+                log.warning("node %s: the scheduler no longer knows this node; registering again", self.config.name)
+                return
+
+    def _on_assignments(self, msg: pb.Assignments) -> None:
+        desired = {}
+        for text in msg.pods_json:
+            pod = json.loads(text)
+            desired[uid_of(pod)] = pod
+        self.desired = desired
+        self.have_assignments = True
+        self.wake.set()
+
+    # --- reconcile -----------------------------------------------------------
+
+    async def reconcile_loop(self, interval: float = 1.0) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await asyncio.wait_for(self.wake.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+            self.wake.clear()
+            try:
+                states: list[ContainerState] = await loop.run_in_executor(self.pool, self.runtime.list)
+            except (OrchError, OSError) as e:
+                # Level-triggered: the next pass reads the disk again. Say so loudly.
+                log.error("node %s: reading the containers failed: %s; retrying", self.config.name, e,
+                          exc_info=True)
+                continue
+            for action in plan(self.desired, self.records, states, time.time(), self.busy, self.have_assignments):
+                if isinstance(action, RemovePod) and action.pod_uid in self.removed_reported:
+                    continue  # done; the scheduler has yet to drop it from the assignments
+                self.busy.add(action.pod_uid)
+                self._tasks.add(loop.create_task(self._execute(action),
+                                                 name=f"{type(action).__name__}/{action.pod_uid}"))
+            self._tasks = {t for t in self._tasks if not t.done()}
+            await self._report(states)
+
+    async def _execute(self, action: Action) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if isinstance(action, StartContainer):
+                await self._start(action)
+            elif isinstance(action, StopContainer):
+                await loop.run_in_executor(self.pool, self.runtime.stop, action.container_id, action.grace)
+            elif isinstance(action, RemoveContainer):
+                await loop.run_in_executor(self.pool, self.runtime.remove, action.container_id)
+            elif isinstance(action, RemovePod):
+                await loop.run_in_executor(self.pool, self.runtime.remove_pod, action.pod_uid)
+                self._drop_record(action.pod_uid)
+                await self._report_removed(action.pod_uid)
+        except (OrchError, OSError) as e:
+            log.error("node %s: %s failed: %s", self.config.name, action, e)
+        finally:
+            self.busy.discard(action.pod_uid)
+            self.wake.set()
+
+    def container_config(self, pod: Obj, container: Obj) -> ContainerConfig:
+        env: dict[str, str] = {}
+        for item in container.get("env", []):
+            env[item["name"]] = expand(str(item.get("value", "")), env)
+        argv = [expand(a, env) for a in [*container.get("command", []), *container.get("args", [])]]
+        cpu_limit, mem_limit = container_limits(container)
+        cpu_request = container.get("resources", {}).get("requests", {}).get("cpu")
+        md = pod["metadata"]
+        return ContainerConfig(
+            id=secrets.token_hex(32), pod_uid=md["uid"], pod_namespace=md["namespace"], pod_name=md["name"],
+            name=container["name"], image=container["image"], argv=argv, env=env,
+            working_dir=container.get("workingDir", ""), hostname=pod["spec"].get("hostname") or md["name"],
+            memory_limit_bytes=mem_limit, cpu_limit_millis=cpu_limit,
+            cpu_request_millis=parse_cpu(cpu_request) if cpu_request is not None else None,
+            pids_limit=self.config.pod_pids_limit,
+        )
+
+    async def _start(self, action: StartContainer) -> None:
+        pod = self.desired.get(action.pod_uid)
+        if pod is None:
+            return
+        record = self.records.setdefault(action.pod_uid, PodRecord(pod))
+        record.pod = pod
+        if record.start_time is None:
+            record.start_time = now_rfc3339()
+        crec = record.containers.setdefault(action.container, ContainerRecord())
+        if action.restart:
+            crec.restart_count += 1
+        self._save_record(action.pod_uid)
+        spec = next(c for c in pod["spec"]["containers"] if c["name"] == action.container)
+        try:
+            cfg = self.container_config(pod, spec)
+            if not cfg.argv:
+                raise OrchError(f'container {spec["name"]}: image "{spec["image"]}" has no default command; '
+                                "set command")
+            await asyncio.get_running_loop().run_in_executor(self.pool, self.runtime.start, cfg)
+            crec.last_error = crec.last_error_at = None
+            log.info("node %s: started container %s of pod %s/%s", self.config.name, spec["name"],
+                     pod["metadata"]["namespace"], pod["metadata"]["name"])
+        except (OrchError, OSError) as e:
+            crec.last_error, crec.last_error_at = str(e), time.time()
+            log.warning("node %s: pod %s/%s container %s failed to start: %s", self.config.name,
+                        pod["metadata"]["namespace"], pod["metadata"]["name"], spec["name"], e)
+        self._save_record(action.pod_uid)
+
+    # --- status --------------------------------------------------------------
+
+    async def _report(self, states: list[ContainerState]) -> None:
+        stub = self.stub
+        if stub is None:
+            return
+        now = time.time()
+        for uid, pod in list(self.desired.items()):
+            if pod["metadata"].get("deletionTimestamp") or uid not in self.records:
+                continue
+            status = pod_status(pod, self.records[uid], states, now, self.config.address)
+            if same_status(self.reported.get(uid), status):
+                continue
+            md = pod["metadata"]
+            try:
+                await stub.ReportPodStatus(pb.PodStatusReport(
+                    node_name=self.config.name, namespace=md["namespace"], name=md["name"], uid=uid,
+                    status_json=json.dumps(status)), timeout=10)
+                self.reported[uid] = status
+            except grpc.aio.AioRpcError as e:
+                log.warning("node %s: reporting pod %s/%s failed: %s", self.config.name, md["namespace"],
+                            md["name"], e.code().name)
+
+    async def _report_removed(self, uid: str) -> None:
+        pod = self.desired.get(uid)
+        stub = self.stub
+        if pod is None or stub is None or uid in self.removed_reported:
+            return
+        md = pod["metadata"]
+        try:
+            await stub.ReportPodStatus(pb.PodStatusReport(
+                node_name=self.config.name, namespace=md["namespace"], name=md["name"], uid=uid, removed=True),
+                timeout=10)
+            self.removed_reported.add(uid)
+            log.info("node %s: pod %s/%s stopped and removed", self.config.name, md["namespace"], md["name"])
+        except grpc.aio.AioRpcError as e:
+            log.warning("node %s: reporting removal of %s failed: %s", self.config.name, md["name"], e.code().name)

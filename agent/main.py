@@ -1,0 +1,103 @@
+"""``orch-agent``: one per node. Registers the node, runs its pods, reports their status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from agent.agent import Agent, NodeConfig
+from agent.runtime.runtime import Runtime
+from apimachinery.quantity import QuantityError, parse_cpu, parse_memory
+from apimachinery.tasks import TaskGroup
+
+log = logging.getLogger("agent")
+
+
+def machine_memory() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("MemTotal missing from /proc/meminfo")
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    labels = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"label {item!r}: expected key=value")
+        labels[key] = value
+    return labels
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="orch-agent", description=__doc__)
+    p.add_argument("--node-name", default=socket.gethostname(), help="this node's name (default: hostname)")
+    p.add_argument("--scheduler", default="127.0.0.1:6443", help="a scheduler's gRPC address HOST:PORT")
+    p.add_argument("--state-dir", type=Path, default=Path("/var/lib/orch/agent"),
+                   help="where containers' state, logs and pod records live")
+    p.add_argument("--cgroup-root", default="orch", help="cgroup path (relative) under which pods are made")
+    p.add_argument("--cpu", help="CPU capacity to advertise (default: the machine's cores), e.g. 2 or 1500m")
+    p.add_argument("--memory", help="memory capacity to advertise (default: the machine's), e.g. 4Gi")
+    p.add_argument("--max-pods", type=int, default=110)
+    p.add_argument("--pod-pids-limit", type=int, default=4096, help="pids.max of every container")
+    p.add_argument("--labels", type=parse_labels, default={}, help="node labels k=v,k2=v2")
+    p.add_argument("--address", default="127.0.0.1", help="the node's InternalIP")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+async def run(config: NodeConfig) -> None:
+    runtime = Runtime(config.state_dir, config.cgroup_root)
+    agent = Agent(config, runtime)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = TaskGroup()
+    tasks.start("connection", agent.connection_loop())
+    tasks.start("reconcile", agent.reconcile_loop())
+    try:
+        await tasks.wait(stop)
+    finally:
+        # Containers are left running on purpose: their shims own them, and a
+        # restarted agent adopts them.
+        log.info("node %s: agent stopping; containers keep running", config.name)
+        await tasks.cancel()
+        agent.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.geteuid() != 0:
+        log.error("orch-agent creates namespaces and cgroups and must run as root")
+        return 1
+    try:
+        cpu = parse_cpu(args.cpu) if args.cpu else (os.cpu_count() or 1) * 1000
+        memory = parse_memory(args.memory) if args.memory else machine_memory()
+    except QuantityError as e:
+        log.error("--cpu/--memory: %s", e)
+        return 2
+    config = NodeConfig(name=args.node_name, scheduler=args.scheduler, state_dir=args.state_dir,
+                        cgroup_root=args.cgroup_root, cpu_millis=cpu, memory_bytes=memory,
+                        max_pods=args.max_pods, labels=args.labels, address=args.address,
+                        pod_pids_limit=args.pod_pids_limit)
+    try:
+        asyncio.run(run(config))
+    except RuntimeError as e:
+        log.error("%s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,611 @@
+"""The container runtime API the agent calls: start, inspect, stop and remove containers.
+
+Each container is a state directory (``<state_dir>/containers/<id>/``, layout in
+``shim.py``) and a detached shim process that owns the container's PID 1, its
+exit status and its log. The ``Runtime`` object holds no state of its own:
+every answer is derived from disk and ``/proc`` each time it is asked
+(level-triggered), so a new ``Runtime`` after an agent restart sees exactly
+what the old one saw, and adopts running containers with ``list()``.
+
+How a container's status is derived (``Runtime.state``):
+
+* ``exit.json`` exists                      -> EXITED with what the shim recorded;
+* ``started.json`` and the recorded pid is alive with the recorded start time
+                                            -> RUNNING (a zombie is not alive);
+* ``started.json`` but the process is gone and no ``exit.json``:
+  - the shim is alive: it is writing ``exit.json`` right now; wait briefly for it;
+  - the shim is dead (killed, node trouble): the exit status is lost. Reported
+    as EXITED, exit code 255, reason ``Error``, with a message saying so —
+    like containerd, which reports 255 ("unknown") for a task whose exit it
+    could not observe. 137 would claim a SIGKILL nobody saw. The verdict is
+    written to ``exit.json`` the first time it is reached, so ``finishedAt``
+    and the answer stay stable afterwards;
+* no ``started.json``: CREATED while the shim lives (or, for up to a minute,
+  while no shim has announced itself yet); if the shim died first, or never
+  appeared, EXITED with reason ``StartError`` (also persisted).
+
+PID reuse: a pid is only ever signalled through a pidfd opened *before*
+checking that ``/proc/<pid>/stat`` still shows the recorded start time, so a
+pid that was recycled between the check and the kill cannot be hit.
+
+Cgroups: ``<cgroup_root>/pod<uid>/<container id>``. The leaf is the container
+id, not its name: a restarted container (same name, new id) must never share a
+cgroup with its dead predecessor, whose ``remove`` would otherwise kill it —
+Kubernetes' cgroupfs layout keys by container id for the same reason.
+``ContainerState.cgroup`` always says where a container's cgroup is.
+
+Every method blocks (polling at 10 ms, sleeping while a container stops):
+call them from a worker thread, never on the event loop. ``start`` of an id
+that already exists raises; after an agent restart use ``list``.
+
+Errors: ``NotFoundError`` for an unknown container, ``RuntimeError_`` for
+anything the node could not do (unsupported image, cgroup or process trouble).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.runtime import shim as _shim
+from agent.runtime.cgroups import CgroupDriver, detect_driver
+from agent.runtime.shim import ContainerConfig, proc_start_time, rfc3339
+from apimachinery.errors import NotFoundError, RuntimeError_
+
+__all__ = ["ContainerConfig", "ContainerState", "ContainerStatus", "Runtime"]
+
+log = logging.getLogger(__name__)
+
+#: Images this runtime can run. "host" = the host's /usr and /lib* read-only.
+SUPPORTED_IMAGES = frozenset({"host"})
+#: Exit code reported when a container's exit status was lost with its shim.
+LOST_EXIT_CODE = 255
+#: How long a stop() waits for the shim to record the exit after SIGKILL.
+KILL_TIMEOUT = 10.0
+#: A container with no shim.pid this long after its config was written was
+#: abandoned by an agent that died while starting it: reported as StartError.
+START_ABANDONED_AFTER = 60.0
+_POLL = 0.01
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ContainerStatus(enum.StrEnum):
+    """Where a container is in its one-way life: CREATED -> RUNNING -> EXITED (or CREATED -> EXITED)."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    EXITED = "exited"
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerState:
+    """A container as derived from its state directory and /proc at one moment."""
+
+    config: ContainerConfig
+    status: ContainerStatus
+    pid: int | None  # host pid of the container's PID 1 while running
+    started_at: str | None
+    finished_at: str | None
+    exit_code: int | None
+    reason: str | None  # Completed | Error | OOMKilled | StartError
+    message: str | None
+    log_path: str
+    cgroup: str  # relative cgroup path of the container
+
+
+# ---------------------------------------------------------------- process helpers
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        # Written atomically by us, so a torn file means outside damage.
+        log.warning("unreadable state file %s: %s", path, e)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
+def _proc_state(pid: int) -> str | None:
+    """Field 3 of /proc/<pid>/stat (R, S, D, Z ...), None if there is no such process."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return data[data.rfind(b")") + 2:][:1].decode()
+
+
+def _alive(pid: int | None, start_time: int | None) -> bool:
+    """Whether ``pid`` still is the live process that had ``start_time``.
+
+    A zombie counts as dead: it has exited, and if its shim is gone it may
+    wait a long time for whatever init adopted it to reap it.
+    """
+    return (pid is not None and start_time is not None and proc_start_time(pid) == start_time
+            and _proc_state(pid) not in (None, "Z"))
+
+
+def _signal_verified(pid: int, start_time: int | None, sig: int) -> bool:
+    """Send ``sig`` to ``pid`` only if it is still the process with ``start_time``.
+
+    The pidfd pins the process first; if the start time read afterwards
+    matches, the pidfd refers to that very process and the signal cannot land
+    on a successor that reused the pid.
+    """
+    if start_time is None or pid <= 1:
+        return False
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        if proc_start_time(pid) != start_time:
+            return False
+        signal.pidfd_send_signal(fd, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return [os.fsdecode(a) for a in raw.split(b"\0") if a]
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from every thread's children list)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return found
+    for tid in tasks:
+        try:
+            found += [int(t) for t in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
+
+
+# ---------------------------------------------------------------- the runtime
+
+
+class Runtime:
+    """Containers of one node, in ``<state_dir>/containers`` and cgroups under ``cgroup_root``."""
+
+    def __init__(self, state_dir: str | Path, cgroup_root: str, driver: CgroupDriver | None = None) -> None:
+        # Absolute and resolved: the shim's command line names this path and
+        # is how a live shim is recognised later.
+        self.state_dir = Path(state_dir).resolve()
+        self.containers_dir = self.state_dir / "containers"
+        root = cgroup_root.strip("/")
+        if not root or any(p in ("", ".", "..") for p in root.split("/")):
+            raise RuntimeError_(f"cgroup root must be a relative path like 'orch/node-1': {cgroup_root!r}")
+        self.cgroup_root = root
+        try:
+            self.driver = driver if driver is not None else detect_driver()
+        except OSError as e:
+            raise RuntimeError_(f"no usable cgroup hierarchy: {e}") from e
+
+    def __repr__(self) -> str:
+        return f"Runtime({str(self.state_dir)!r}, {self.cgroup_root!r}, {self.driver!r})"
+
+    # ------------------------------------------------------------ naming
+
+    def pod_cgroup(self, pod_uid: str) -> str:
+        return f"{self.cgroup_root}/pod{pod_uid}"
+
+    def container_cgroup(self, config: ContainerConfig) -> str:
+        # Keyed by container id, not name: a restarted container (same name,
+        # new id) must not share a cgroup with its dead predecessor, whose
+        # removal would otherwise kill it. Kubernetes' cgroupfs layout does the same.
+        return f"{self.pod_cgroup(config.pod_uid)}/{config.id}"
+
+    def _dir(self, container_id: str) -> Path:
+        if not _SAFE_NAME.match(container_id):
+            raise NotFoundError(f"container {container_id!r}: not a valid container id")
+        return self.containers_dir / container_id
+
+    # ------------------------------------------------------------ start
+
+    def start(self, config: ContainerConfig, timeout: float = 10) -> ContainerState:
+        """Create and start a container; block until it runs or has failed to start.
+
+        A failure to start (missing binary, bad working dir ...) is not an
+        exception: the state comes back EXITED with reason ``StartError``. On
+        timeout ``RuntimeError_`` is raised and the container is left for
+        ``state``/``remove`` to deal with.
+        """
+        if config.image not in SUPPORTED_IMAGES:
+            raise RuntimeError_(f"container {config.name} of pod {config.pod_namespace}/{config.pod_name}: "
+                                f"image {config.image!r} is not supported (only 'host')")
+        for what, value in (("container id", config.id), ("pod uid", config.pod_uid)):
+            if not _SAFE_NAME.match(value):
+                raise RuntimeError_(f"{what} {value!r} is not usable as a file and cgroup name")
+        try:
+            ContainerConfig.from_dict(config.to_dict())
+        except ValueError as e:
+            raise RuntimeError_(str(e)) from e
+
+        final = self.containers_dir / config.id
+        if final.exists():
+            raise RuntimeError_(f"container {config.id} already exists")
+        try:
+            self._prepare(config, final)
+        except OSError as e:
+            raise RuntimeError_(f"container {config.id}: cannot prepare state dir: {e}") from e
+        log.info("pod %s/%s: starting container %s (%s)", config.pod_namespace, config.pod_name, config.name, config.id)
+        rc = self._launch_shim(final, timeout)
+        if rc != 0:
+            self._persist_exit(final, {"exitCode": _shim.START_ERROR_EXIT_CODE, "signal": None,
+                                       "finishedAt": rfc3339(), "reason": "StartError",
+                                       "message": f"shim failed to launch (status {rc}); "
+                                                  f"see {final / _shim.SHIM_LOG_FILE}"})
+
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.state(config.id)
+            if st.status != ContainerStatus.CREATED:
+                if st.status == ContainerStatus.EXITED and st.reason == "StartError":
+                    log.warning("pod %s/%s: container %s failed to start: %s",
+                                config.pod_namespace, config.pod_name, config.name, st.message)
+                return st
+            if time.monotonic() >= deadline:
+                raise RuntimeError_(f"container {config.id}: not started within {timeout}s")
+            time.sleep(_POLL)
+
+    @staticmethod
+    def _launch_shim(final: Path, timeout: float) -> int:
+        """Start the shim detached; returns the launcher's status (it exits once the shim has forked off).
+
+        The shim gets a new session (no signal for our process group or
+        terminal reaches it), /dev/null for stdin and its own log for
+        stdout/stderr: it must hold none of the agent's descriptors.
+        """
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
+        try:
+            with open(final / _shim.SHIM_LOG_FILE, "ab") as shim_log:
+                launcher = subprocess.Popen(
+                    [sys.executable, "-m", "agent.runtime.shim", str(final)],
+                    stdin=subprocess.DEVNULL, stdout=shim_log, stderr=subprocess.STDOUT,
+                    start_new_session=True, close_fds=True, cwd="/", env=env,
+                )
+        except OSError as e:
+            raise RuntimeError_(f"container {final.name}: cannot launch shim: {e}") from e
+        try:
+            return launcher.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            launcher.kill()
+            launcher.wait()
+            raise RuntimeError_(f"container {final.name}: shim launcher hung for {timeout}s") from e
+
+    def _prepare(self, config: ContainerConfig, final: Path) -> None:
+        # Build the directory under a dot-name and rename it into place, so
+        # list() never sees a container without its config.
+        self.containers_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.containers_dir / f".new-{config.id}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(mode=0o700)
+        (tmp / _shim.CONFIG_FILE).write_text(config.to_json())
+        runtime_info = {"cgroup": self.container_cgroup(config), "driver": self.driver.spec()}
+        (tmp / _shim.RUNTIME_FILE).write_text(json.dumps(runtime_info, indent=2))
+        (tmp / _shim.ROOTFS_DIR).mkdir(mode=0o755)
+        try:
+            os.rename(tmp, final)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise RuntimeError_(f"container {config.id} already exists") from e
+            raise
+
+    # ------------------------------------------------------------ state
+
+    def state(self, container_id: str) -> ContainerState:
+        d = self._dir(container_id)
+        try:
+            config = ContainerConfig.from_json((d / _shim.CONFIG_FILE).read_text())
+        except FileNotFoundError:
+            raise NotFoundError(f"container {container_id} not found") from None
+        except (OSError, ValueError) as e:
+            raise RuntimeError_(f"container {container_id}: unreadable config: {e}") from e
+        info = _read_json(d / _shim.RUNTIME_FILE) or {}
+        cgroup = str(info.get("cgroup") or self.container_cgroup(config))
+
+        def build(status: ContainerStatus, started: dict[str, Any] | None, exited: dict[str, Any] | None,
+                  pid: int | None = None) -> ContainerState:
+            return ContainerState(
+                config=config, status=status, pid=pid,
+                started_at=(started or {}).get("startedAt"),
+                finished_at=(exited or {}).get("finishedAt"),
+                exit_code=(exited or {}).get("exitCode"),
+                reason=(exited or {}).get("reason"),
+                message=(exited or {}).get("message"),
+                log_path=str(d / _shim.LOG_FILE),
+                cgroup=cgroup,
+            )
+
+        exited = _read_json(d / _shim.EXIT_FILE)
+        started = _read_json(d / _shim.STARTED_FILE)
+        if exited is not None:
+            return build(ContainerStatus.EXITED, started, exited)
+        if started is not None:
+            pid, start_time = started.get("pid"), started.get("startTime")
+            if _alive(pid, start_time):
+                return build(ContainerStatus.RUNNING, started, None, pid)
+            exited = self._await_exit_record(d)
+            if exited is None:
+                exited = self._persist_exit(d, {
+                    "exitCode": LOST_EXIT_CODE, "signal": None, "finishedAt": rfc3339(), "reason": "Error",
+                    "message": "container process is gone and its shim died before recording the exit status",
+                })
+            return build(ContainerStatus.EXITED, started, exited)
+        if self._shim_alive(d):
+            return build(ContainerStatus.CREATED, None, None)
+        if not (d / _shim.SHIM_PID_FILE).exists() and not self._start_abandoned(d):
+            return build(ContainerStatus.CREATED, None, None)  # start() is launching the shim
+        # The shim is dead and never reported a start. Look once more: it may
+        # have finished between our reads and its exit.
+        started, exited = _read_json(d / _shim.STARTED_FILE), _read_json(d / _shim.EXIT_FILE)
+        if exited is None and started is None:
+            exited = self._persist_exit(d, {
+                "exitCode": _shim.START_ERROR_EXIT_CODE, "signal": None, "finishedAt": rfc3339(),
+                "reason": "StartError",
+                "message": f"shim exited before starting the container; see {d / _shim.SHIM_LOG_FILE}",
+            })
+        if exited is None:
+            return self.state(container_id)
+        return build(ContainerStatus.EXITED, started, exited)
+
+    @staticmethod
+    def _start_abandoned(d: Path) -> bool:
+        """No shim ever announced itself, long after the container was prepared (the agent died mid-start)."""
+        try:
+            age = time.time() - (d / _shim.CONFIG_FILE).stat().st_mtime
+        except FileNotFoundError:
+            return True
+        return age > START_ABANDONED_AFTER
+
+    def _await_exit_record(self, d: Path, timeout: float = 2.0) -> dict[str, Any] | None:
+        """The shim's exit.json, waiting while a live shim is between reaping and writing it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            exited = _read_json(d / _shim.EXIT_FILE)
+            if exited is not None or not self._shim_alive(d) or time.monotonic() >= deadline:
+                return exited if exited is not None else _read_json(d / _shim.EXIT_FILE)
+            time.sleep(_POLL)
+
+    @staticmethod
+    def _persist_exit(d: Path, record: dict[str, Any]) -> dict[str, Any]:
+        """Write exit.json unless one exists (link(2) is the atomic create-if-absent); return the winner."""
+        tmp = d / f".exit-{os.getpid()}-{time.monotonic_ns()}.tmp"
+        tmp.write_text(json.dumps(record) + "\n")
+        try:
+            os.link(tmp, d / _shim.EXIT_FILE)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        return _read_json(d / _shim.EXIT_FILE) or record
+
+    def _shim_pid(self, d: Path) -> int | None:
+        """The shim's pid if that process is alive and really is this container's shim."""
+        pid = _read_int(d / _shim.SHIM_PID_FILE)
+        if pid is None:
+            return None
+        argv = _cmdline(pid)
+        # The cmdline names the state dir, which names the container: a
+        # recycled pid won't match.
+        if "agent.runtime.shim" in argv and str(d) in argv:
+            return pid
+        return None
+
+    def _shim_alive(self, d: Path) -> bool:
+        pid = self._shim_pid(d)
+        return pid is not None and _proc_state(pid) not in (None, "Z")
+
+    def list(self) -> list[ContainerState]:
+        """Every container on disk, running or not, sorted by id."""
+        out: list[ContainerState] = []
+        try:
+            names = sorted(os.listdir(self.containers_dir))
+        except FileNotFoundError:
+            return out
+        for name in names:
+            if name.startswith(".") or not _SAFE_NAME.match(name):
+                continue
+            try:
+                out.append(self.state(name))
+            except (NotFoundError, FileNotFoundError):
+                continue  # removed while we looked (remove() may run in another thread)
+        return out
+
+    # ------------------------------------------------------------ stop / remove
+
+    def stop(self, container_id: str, grace_seconds: float) -> ContainerState:
+        """SIGTERM the container's PID 1, SIGKILL it after ``grace_seconds``; block until exited.
+
+        Gotcha: PID 1 of a namespace gets no default signal actions, so one
+        without a SIGTERM handler (``sleep``, ``sh``) ignores SIGTERM and is
+        only stopped by the SIGKILL after the grace — as with Docker.
+        """
+        st = self.state(container_id)
+        deadline = time.monotonic() + KILL_TIMEOUT
+        # A container still starting is let finish (or fail) first; state()
+        # turns a dead or missing shim into EXITED, which ends this wait.
+        while st.status == ContainerStatus.CREATED and time.monotonic() < deadline:
+            time.sleep(_POLL)
+            st = self.state(container_id)
+        if st.status == ContainerStatus.CREATED:
+            # Still starting (or the agent died mid-start): take the shim and
+            # its child down; nothing has been recorded yet.
+            self._kill_shim(self._dir(container_id))
+            return self.state(container_id)
+        if st.status != ContainerStatus.RUNNING:
+            return st
+
+        started = _read_json(self._dir(container_id) / _shim.STARTED_FILE) or {}
+        pid, start_time = int(started["pid"]), started.get("startTime")
+        c = st.config
+        log.info("pod %s/%s: stopping container %s (pid %d, grace %ss)",
+                 c.pod_namespace, c.pod_name, c.name, pid, grace_seconds)
+        if grace_seconds > 0:
+            _signal_verified(pid, start_time, signal.SIGTERM)
+            st = self._wait_exited(container_id, grace_seconds)
+        if st.status == ContainerStatus.RUNNING:
+            _signal_verified(pid, start_time, signal.SIGKILL)
+            st = self._wait_exited(container_id, KILL_TIMEOUT)
+        if st.status != ContainerStatus.EXITED:
+            raise RuntimeError_(f"container {container_id}: still {st.status} after SIGKILL")
+        return st
+
+    def _wait_exited(self, container_id: str, timeout: float) -> ContainerState:
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.state(container_id)
+            if st.status == ContainerStatus.EXITED or time.monotonic() >= deadline:
+                return st
+            time.sleep(_POLL)
+
+    def _kill_shim(self, d: Path) -> None:
+        """SIGKILL a shim and its direct children (a child not yet in the cgroup would escape otherwise)."""
+        pid = self._shim_pid(d)
+        if pid is None:
+            return
+        start_time = proc_start_time(pid)
+        for child in _children(pid):
+            _signal_verified(child, proc_start_time(child), signal.SIGKILL)
+        _signal_verified(pid, start_time, signal.SIGKILL)
+        deadline = time.monotonic() + 2.0
+        while _alive(pid, start_time) and self._shim_alive(d) and time.monotonic() < deadline:
+            time.sleep(_POLL)
+
+    def _settle_shim(self, d: Path, timeout: float = 2.0) -> None:
+        """Give an exiting shim time to finish, then make sure it is gone."""
+        deadline = time.monotonic() + timeout
+        while self._shim_alive(d) and time.monotonic() < deadline:
+            time.sleep(_POLL)
+        self._kill_shim(d)
+
+    def remove(self, container_id: str) -> None:
+        """Stop the container if it runs (no grace), then remove its cgroup and state dir. Idempotent."""
+        d = self._dir(container_id)
+        if not d.exists():
+            return
+        info = _read_json(d / _shim.RUNTIME_FILE) or {}
+        cgroup: str | None = info.get("cgroup")
+        try:
+            st = self.state(container_id)
+            if st.status != ContainerStatus.EXITED:
+                self.stop(container_id, 0)
+            cgroup = st.cgroup
+        except NotFoundError:
+            pass  # no config: a half-prepared directory; remove what there is
+        self._settle_shim(d)
+        try:
+            if cgroup:
+                self.driver.kill_all(cgroup)
+                self.driver.remove(cgroup)
+            _rmtree_racing(d)
+        except OSError as e:
+            raise RuntimeError_(f"container {container_id}: cannot remove: {e}") from e
+        log.info("container %s removed", container_id)
+
+    def remove_pod(self, pod_uid: str) -> None:
+        """Remove the pod's cgroup (after its containers are removed); missing is fine."""
+        if not _SAFE_NAME.match(pod_uid):
+            raise RuntimeError_(f"pod uid {pod_uid!r} is not usable as a cgroup name")
+        try:
+            self.driver.remove(self.pod_cgroup(pod_uid))
+        except OSError as e:
+            raise RuntimeError_(f"pod {pod_uid}: cannot remove cgroup: {e}") from e
+
+    def cleanup_all(self) -> None:
+        """Kill every container and shim of this runtime, remove every cgroup under the root and the state.
+
+        Removes ``<state_dir>/containers`` and then ``state_dir`` itself if
+        nothing else is left in it (other node components may keep files there).
+        """
+        dirs: list[Path] = []
+        with contextlib.suppress(FileNotFoundError):
+            dirs = [self.containers_dir / n for n in os.listdir(self.containers_dir)]
+        errors: list[str] = []
+        # Containers first: PID 1's death takes its whole PID namespace along
+        # and lets each shim record the exit and leave on its own.
+        for d in dirs:
+            started = _read_json(d / _shim.STARTED_FILE)
+            if started and isinstance(started.get("pid"), int):
+                _signal_verified(started["pid"], started.get("startTime"), signal.SIGKILL)
+        # One shared wait for the shims to leave by themselves, then force.
+        deadline = time.monotonic() + 2.0
+        while any(self._shim_alive(d) for d in dirs) and time.monotonic() < deadline:
+            time.sleep(_POLL)
+        for d in dirs:
+            self._kill_shim(d)
+        # A container recorded under another root (the runtime was configured
+        # differently when it started it) is still ours to clean.
+        cgroups = {self.cgroup_root}
+        for d in dirs:
+            recorded = (_read_json(d / _shim.RUNTIME_FILE) or {}).get("cgroup")
+            if isinstance(recorded, str) and recorded and not recorded.startswith(self.cgroup_root + "/"):
+                cgroups.add(recorded)
+        for cgroup in sorted(cgroups):
+            try:
+                self.driver.kill_all(cgroup)
+                self.driver.remove(cgroup)
+            except (OSError, ValueError) as e:
+                errors.append(f"cgroup {cgroup}: {e}")
+        try:
+            shutil.rmtree(self.containers_dir, ignore_errors=False)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            errors.append(f"state dir {self.containers_dir}: {e}")
+        with contextlib.suppress(OSError):
+            self.state_dir.rmdir()  # fails if missing or someone else's files are still there
+        if errors:
+            raise RuntimeError_("cleanup incomplete: " + "; ".join(errors))
+
+
+def _rmtree_racing(d: Path, attempts: int = 5) -> None:
+    """rmtree that tolerates a concurrent reader: ``state()`` in another thread may drop a
+    temporary file into the directory (ENOTEMPTY) or remove one first (ENOENT)."""
+    for attempt in range(attempts):
+        try:
+            shutil.rmtree(d)
+            return
+        except FileNotFoundError:
+            if not d.exists():
+                return
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY or attempt == attempts - 1:
+                raise
+        time.sleep(0.01)

@@ -1,0 +1,413 @@
+"""The per-container supervisor (like conmon), and the on-disk contract it shares with the Runtime.
+
+Run as ``python -m agent.runtime.shim <container_state_dir>``. The Runtime
+starts it in a new session; it forks once more and the first process exits, so
+the shim is nobody's child but init's: killing the agent (even with SIGKILL)
+never reaches the shim or its container, and the agent collects no zombie.
+
+The shim
+
+1. writes ``shim.pid``, ignores SIGTERM/SIGINT/SIGHUP (it ends only when its
+   container does);
+2. creates the container's cgroup with its limits;
+3. ``unshare(CLONE_NEWPID)`` on itself, so its next child is PID 1 of a new
+   PID namespace, and forks that child;
+4. the child joins the cgroup, unshares mount/UTS/IPC/cgroup namespaces, sets
+   the hostname, builds the root filesystem (``rootfs.py``), points stdout and
+   stderr at ``container.log`` and execs the command;
+5. a CLOEXEC pipe tells the shim whether the exec happened: EOF means it did;
+   a line of text is the child's error, which becomes ``exit.json`` with
+   ``reason: StartError``;
+6. on success the shim writes ``pid`` and ``started.json``, waits for the
+   child and writes ``exit.json`` atomically, then kills whatever is left in
+   the cgroup and exits.
+
+State directory layout (``<state_dir>/containers/<id>/``)::
+
+    config.json     ContainerConfig                       Runtime, before the shim
+    runtime.json    cgroup path + cgroup driver spec      Runtime, before the shim
+    rootfs/         empty dir; the container's / is mounted on it in its own mount ns
+    shim.pid        pid of the shim                       shim
+    shim.log        the shim's own log                    shim (stderr)
+    pid             host pid of the container's PID 1     shim, after exec
+    started.json    {"pid", "startedAt", "startTime"}     shim, after exec
+    container.log   the container's stdout+stderr         container
+    exit.json       {"exitCode", "signal", "finishedAt", "reason", "message"}   shim
+
+This module deliberately imports nothing beyond the standard library and the
+other kernel layers (no gRPC): it starts once per container and must stay small
+and fork-safe. That is also why ``ContainerConfig`` lives here; ``runtime.py``
+re-exports it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+import warnings  # noqa: F401 - os.execvpe imports it lazily; after pivot_root no import can succeed
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from agent.runtime import rootfs
+from agent.runtime import syscalls as sc
+from agent.runtime.cgroups import CgroupDriver, Limits, driver_from_spec
+
+__all__ = [
+    "DEFAULT_PATH",
+    "ContainerConfig",
+    "main",
+    "proc_start_time",
+    "rfc3339",
+    "write_json_atomic",
+]
+
+log = logging.getLogger("agent.runtime.shim")
+
+# File names in a container's state directory; see the module docstring.
+CONFIG_FILE = "config.json"
+RUNTIME_FILE = "runtime.json"
+ROOTFS_DIR = "rootfs"
+SHIM_PID_FILE = "shim.pid"
+SHIM_LOG_FILE = "shim.log"
+PID_FILE = "pid"
+STARTED_FILE = "started.json"
+EXIT_FILE = "exit.json"
+LOG_FILE = "container.log"
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: Exit code of a container that never got to exec (as a shell's "command not found").
+START_ERROR_EXIT_CODE = 127
+#: Signals a container's PID 1 must not inherit as ignored. The shim ignores
+#: the first three, and Python itself ignores SIGPIPE and SIGXFSZ; SIG_IGN
+#: survives exec(2), so each is reset to SIG_DFL in the child.
+_RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerConfig:
+    """Everything needed to run one container; ``config.json`` in its state directory."""
+
+    id: str  # unique container id (hex), also the state-dir name
+    pod_uid: str
+    pod_namespace: str
+    pod_name: str
+    name: str  # container name in the pod
+    image: str  # only "host" is supported for now
+    argv: list[str]  # command + args already resolved
+    env: dict[str, str]
+    working_dir: str  # "" means "/"
+    hostname: str  # the pod name
+    memory_limit_bytes: int | None
+    cpu_limit_millis: int | None
+    cpu_request_millis: int | None
+    pids_limit: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["argv"] = list(self.argv)
+        d["env"] = dict(self.env)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ContainerConfig:
+        """Build from a dict; raises ``ValueError`` naming the field on bad input."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        missing = sorted(names - set(data))
+        if unknown or missing:
+            raise ValueError(f"container config: unknown fields {unknown}, missing fields {missing}")
+        argv = data["argv"]
+        if not isinstance(argv, (list, tuple)) or not argv or not all(isinstance(a, str) for a in argv):
+            raise ValueError("container config: argv must be a non-empty list of strings")
+        env = data["env"]
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise ValueError("container config: env must map strings to strings")
+        for name in ("id", "pod_uid", "pod_namespace", "pod_name", "name", "image", "working_dir", "hostname"):
+            if not isinstance(data[name], str):
+                raise ValueError(f"container config: {name} must be a string")
+        for name in ("memory_limit_bytes", "cpu_limit_millis", "cpu_request_millis", "pids_limit"):
+            v = data[name]
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+                raise ValueError(f"container config: {name} must be a positive integer or null")
+        return cls(**{**data, "argv": list(argv), "env": dict(env)})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ContainerConfig:
+        return cls.from_dict(json.loads(text))
+
+    def limits(self) -> Limits:
+        return Limits(
+            memory_bytes=self.memory_limit_bytes,
+            cpu_quota_millis=self.cpu_limit_millis,
+            cpu_request_millis=self.cpu_request_millis,
+            pids_max=self.pids_limit,
+        )
+
+    @property
+    def uts_hostname(self) -> str:
+        """The hostname the kernel accepts: at most 63 bytes, as the kubelet truncates pod names.
+
+        Gotcha: sethostname(2) refuses more than 64 bytes (EINVAL), and pod
+        names may be 253 characters long.
+        """
+        name = self.hostname[:63].rstrip("-.")
+        return name or "localhost"
+
+    def exec_env(self) -> dict[str, str]:
+        """The environment the command gets: ``env`` exactly, plus PATH and HOSTNAME when absent."""
+        env = dict(self.env)
+        env.setdefault("PATH", DEFAULT_PATH)
+        env.setdefault("HOSTNAME", self.uts_hostname)
+        return env
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def rfc3339(ts: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if ts is None else ts))
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON so a reader sees the old file or the whole new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks since boot), None if gone.
+
+    Gotcha: field 2 (comm) is in parentheses and may itself contain spaces or
+    ')', so split after the *last* ')'.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    rest = data[data.rfind(b")") + 2:].split()
+    # rest[0] is field 3 (state); field 22 is rest[19].
+    return int(rest[19])
+
+
+# ---------------------------------------------------------------- the child
+
+
+def _child(config: ConfigBundle, error_fd: int) -> None:
+    """Runs in the forked child (PID 1 of the new PID namespace); never returns."""
+    step = "start"
+    try:
+        step = "join cgroup"
+        os.setsid()
+        config.driver.add_self(config.cgroup)
+        step = "unshare namespaces"
+        sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP)
+        step = "set hostname"
+        sc.sethostname(config.container.uts_hostname)
+        step = "open log"
+        # Opened before pivot_root: afterwards the state dir is out of sight.
+        log_fd = os.open(config.dir / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        null_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        step = "build rootfs"
+        rootfs.enter_host_rootfs(rootfs.RootfsSpec(
+            rootfs=config.dir / ROOTFS_DIR,
+            hostname=config.container.uts_hostname,
+            working_dir=config.container.working_dir or "/",
+        ))
+        step = "exec"
+        env = config.container.exec_env()
+        argv = config.container.argv
+        os.dup2(null_fd, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        for sig in _RESET_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        try:
+            os.execvpe(argv[0], argv, env)
+        except OSError as e:
+            raise OSError(e.errno, f"exec {argv[0]!r}: {e.strerror}") from None
+    except BaseException as e:  # noqa: BLE001 - anything before exec is a start error
+        msg = f"{step}: {e}".replace("\n", " ")
+        try:
+            os.write(error_fd, msg.encode(errors="replace")[:4000] + b"\n")
+        finally:
+            os._exit(START_ERROR_EXIT_CODE)
+    os._exit(START_ERROR_EXIT_CODE)  # unreachable: exec replaced us
+
+
+# ---------------------------------------------------------------- the shim
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigBundle:
+    dir: Path
+    container: ContainerConfig
+    cgroup: str
+    driver: CgroupDriver
+
+
+def _load(state_dir: Path) -> ConfigBundle:
+    container = ContainerConfig.from_json((state_dir / CONFIG_FILE).read_text())
+    runtime = json.loads((state_dir / RUNTIME_FILE).read_text())
+    return ConfigBundle(
+        dir=state_dir,
+        container=container,
+        cgroup=runtime["cgroup"],
+        driver=driver_from_spec(runtime.get("driver")),
+    )
+
+
+def _write_start_error(state_dir: Path, message: str, exit_code: int = START_ERROR_EXIT_CODE) -> None:
+    write_json_atomic(state_dir / EXIT_FILE, {
+        "exitCode": exit_code,
+        "signal": None,
+        "finishedAt": rfc3339(),
+        "reason": "StartError",
+        "message": message,
+    })
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _exit_record(bundle: ConfigBundle, status: int) -> dict[str, Any]:
+    code = os.waitstatus_to_exitcode(status)
+    sig = -code if code < 0 else None
+    exit_code = 128 + sig if sig is not None else code  # as Docker and Kubernetes report it
+    sigkilled = sig == signal.SIGKILL or exit_code == 128 + signal.SIGKILL
+    oom = False
+    try:
+        oom = bundle.driver.oom_killed(bundle.cgroup, sigkilled=sigkilled)
+        if not oom and sigkilled:
+            # The OOM killer bumps its counter just after sending SIGKILL; a
+            # victim other than the allocating task can be reaped first.
+            time.sleep(0.05)
+            oom = bundle.driver.oom_killed(bundle.cgroup, sigkilled=sigkilled)
+    except OSError as e:
+        log.warning("container %s: cannot read OOM state of cgroup %s: %s", bundle.container.id, bundle.cgroup, e)
+    if exit_code == 0:
+        reason = "Completed"
+    elif oom:
+        reason = "OOMKilled"
+    else:
+        reason = "Error"
+    return {
+        "exitCode": exit_code,
+        "signal": sig,
+        "finishedAt": rfc3339(),
+        "reason": reason,
+        "message": None,
+    }
+
+
+def run(state_dir: Path) -> int:
+    """The shim proper, after daemonizing. Returns the shim's own exit status."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    write_text_atomic(state_dir / SHIM_PID_FILE, f"{os.getpid()}\n")
+    try:
+        bundle = _load(state_dir)
+    except Exception as e:  # noqa: BLE001 - a broken state dir is a start error, not a crash
+        log.error("container state %s: cannot load: %s", state_dir, e)
+        _write_start_error(state_dir, f"load config: {e}")
+        return 1
+    cid = bundle.container.id
+    try:
+        bundle.driver.create(bundle.cgroup, bundle.container.limits())
+        # From here the shim must fork exactly once: the first child is the
+        # namespace's PID 1, and after it dies no fork in this namespace works.
+        sc.unshare(sc.CLONE_NEWPID)
+    except Exception as e:  # noqa: BLE001
+        log.error("container %s: setup failed: %s", cid, e)
+        _write_start_error(state_dir, f"setup: {e}")
+        return 1
+
+    err_r, err_w = os.pipe()  # both ends O_CLOEXEC (PEP 446): exec closes the child's copy
+    pid = os.fork()
+    if pid == 0:
+        os.close(err_r)
+        _child(bundle, err_w)
+    os.close(err_w)
+    # EOF with no text: exec closed the pipe. (A child killed by a signal
+    # before exec, e.g. by the OOM killer under a tiny limit, also gives EOF;
+    # it is then reported as a run that died of that signal, which it was.)
+    error = _read_all(err_r).decode(errors="replace").strip()
+    os.close(err_r)
+
+    if error:
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        log.error("container %s: start failed: %s", cid, error)
+        _write_start_error(state_dir, error, code if code > 0 else START_ERROR_EXIT_CODE)
+        _kill_leftovers(bundle)
+        return 0
+
+    start_time = proc_start_time(pid)
+    write_text_atomic(state_dir / PID_FILE, f"{pid}\n")
+    write_json_atomic(state_dir / STARTED_FILE, {"pid": pid, "startedAt": rfc3339(), "startTime": start_time})
+    log.info("container %s (pod %s/%s): started pid %d", cid, bundle.container.pod_namespace,
+             bundle.container.pod_name, pid)
+
+    _, status = os.waitpid(pid, 0)
+    record = _exit_record(bundle, status)
+    write_json_atomic(state_dir / EXIT_FILE, record)
+    log.info("container %s: exited code=%s reason=%s", cid, record["exitCode"], record["reason"])
+    _kill_leftovers(bundle)
+    return 0
+
+
+def _kill_leftovers(bundle: ConfigBundle) -> None:
+    # PID 1 exiting already took its namespace down; this catches anything
+    # that got into the cgroup some other way.
+    try:
+        bundle.driver.kill_all(bundle.cgroup)
+    except OSError as e:
+        log.warning("container %s: killing leftovers in %s: %s", bundle.container.id, bundle.cgroup, e)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0].startswith("-"):
+        print("usage: python -m agent.runtime.shim <container_state_dir> [--foreground]", file=sys.stderr)
+        return 2
+    state_dir = Path(args[0]).resolve()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s shim[%(process)d] {state_dir.name}: %(levelname)s %(message)s")
+    # Second fork: the process the Runtime started exits now (the Runtime
+    # reaps it), the shim carries on as an orphan adopted by init.
+    if "--foreground" not in args and os.fork() > 0:
+        os._exit(0)
+    try:
+        return run(state_dir)
+    except BaseException:
+        log.error("shim crashed:\n%s", traceback.format_exc())
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
