@@ -1,0 +1,82 @@
+"""A blocking client for the Cluster API: JSON objects in, dicts out, OrchErrors raised.
+
+Blocking on purpose: ``orchctl`` does one thing and exits, and tests call it from
+plain functions. The scheduler and agents use ``grpc.aio`` instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from apimachinery.errors import from_rpc_error
+from apimachinery.meta import Obj
+from apimachinery.pb import cluster_pb2 as pb
+from apimachinery.pb import cluster_pb2_grpc as pb_grpc
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class ClusterClient:
+    """One connection to one scheduler's Cluster API."""
+
+    def __init__(self, server: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.server = server
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(server)
+        self._stub = pb_grpc.ClusterStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> ClusterClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from e
+
+    def apply(self, objects: list[Obj], *, dry_run: bool = False) -> list[tuple[str, Obj]]:
+        """Apply every object (all validated before any is written); ``(action, object)`` each."""
+        reply = self._call(
+            "Apply", pb.ApplyRequest(objects_json=[json.dumps(o) for o in objects], dry_run=dry_run)
+        )
+        return [(r.action, json.loads(r.object_json)) for r in reply.results]
+
+    def get(self, kind: str, name: str, namespace: str = "") -> Obj:
+        reply = self._call("Get", pb.GetRequest(kind=kind, namespace=namespace, name=name))
+        return json.loads(reply.object_json)
+
+    def list(self, kind: str, namespace: str = "", label_selector: str = "") -> tuple[list[Obj], int]:
+        """Objects of ``kind`` (every namespace when ``namespace`` is empty) and the revision read at."""
+        reply = self._call("List", pb.ListRequest(kind=kind, namespace=namespace, label_selector=label_selector))
+        return [json.loads(i) for i in reply.items_json], reply.resource_version
+
+    def delete(self, kind: str, name: str, namespace: str = "", grace_period_seconds: int | None = None) -> Obj:
+        req = pb.DeleteRequest(kind=kind, namespace=namespace, name=name)
+        if grace_period_seconds is not None:
+            req.grace_period_seconds = grace_period_seconds
+        return json.loads(self._call("Delete", req).object_json)
+
+    def watch(
+        self, kind: str, namespace: str = "", label_selector: str = "", resource_version: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[tuple[str, Obj]]:
+        """``(type, object)`` for each change; ADDED for every current object when resource_version is 0."""
+        req = pb.WatchRequest(kind=kind, namespace=namespace, label_selector=label_selector,
+                              resource_version=resource_version)
+        try:
+            for ev in self._stub.Watch(req, timeout=timeout):
+                yield ev.type, json.loads(ev.object_json)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return
+            raise from_rpc_error(e) from e

