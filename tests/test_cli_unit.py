@@ -754,7 +754,7 @@ def test_global_options_go_before_or_after_the_command(no_cluster: Path) -> None
     plain = parser.parse_args(["get", "pods"])
     assert (plain.server, plain.namespace, plain.verbose) == (None, None, 0)
     dry = parser.parse_args(["apply", "-f", "x", "--dry-run"])
-    assert dry.dry_run == "client"
+    assert dry.dry_run == "server"  # validates on the server, writes nothing
     assert parser.parse_args(["apply", "--dry-run=server", "-f", "x"]).dry_run == "server"
     assert parser.parse_args(["delete", "pod", "x", "--no-wait"]).wait is False
     assert parser.parse_args(["delete", "pod", "x", "--timeout", "30s"]).timeout == 30.0

@@ -286,3 +286,52 @@ def test_orchctl_smoke_as_a_subprocess(lab: LabCluster, ns: str, tmp_path: Path)
     assert missing.returncode == 1 and missing.stderr.startswith("error:")
     usage = subprocess.run([*orchctl, "frobnicate"], text=True, capture_output=True, env=env, cwd=REPO, timeout=60)
     assert usage.returncode == 2
+
+
+def test_dry_run_validates_shows_changes_and_writes_nothing(lab: LabCluster, ns: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_yaml(tmp_path / "d.yaml", deployment_manifest("dry", ns, 2))
+    assert lab.orchctl("apply", "-f", str(path), "--dry-run") == 0
+    assert "deployment.apps/dry created (server dry run)" in capsys.readouterr().out
+    with lab.client() as c:
+        assert c.list("Deployment", ns)[0] == []
+        c.apply([deployment_manifest("dry", ns, 2)])
+        rv = c.get("Deployment", "dry", ns)["metadata"]["resourceVersion"]
+
+    write_yaml(path, deployment_manifest("dry", ns, 5))
+    assert lab.orchctl("apply", "-f", str(path), "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "deployment.apps/dry configured (server dry run)" in out
+    assert "spec.replicas: 2 -> 5" in out
+    bad = deployment_manifest("dry", ns, 5)
+    bad["spec"]["template"]["spec"]["containers"][0]["imagee"] = "typo"
+    assert lab.orchctl("apply", "-f", str(write_yaml(tmp_path / "bad.yaml", bad)), "--dry-run") == 1
+    assert "spec.template.spec.containers[0].imagee: unknown field" in capsys.readouterr().err
+    with lab.client() as c:
+        dep = c.get("Deployment", "dry", ns)
+        # The controller may have written status meanwhile; the spec is what dry runs must not touch.
+        assert dep["spec"]["replicas"] == 2 and dep["metadata"]["generation"] == 1
+        assert int(dep["metadata"]["resourceVersion"]) >= int(rv)
+
+
+def test_pods_finish_with_their_exit_codes(lab: LabCluster, ns: str) -> None:
+    ok = pod_manifest("ok", ns, restartPolicy="Never")
+    ok["spec"]["containers"][0]["command"] = ["/bin/sh", "-c", "echo done"]
+    bad = pod_manifest("bad", ns, restartPolicy="Never")
+    bad["spec"]["containers"][0]["command"] = ["/bin/sh", "-c", "exit 3"]
+    with lab.client() as c:
+        c.apply([ok, bad])
+
+        def finished(name: str) -> dict[str, Any] | None:
+            pod = c.get("Pod", name, ns)
+            return pod if pod["status"].get("phase") in ("Succeeded", "Failed") else None
+
+        done = wait_for(lambda: finished("ok"), timeout=60, what="pod ok to finish")
+        failed = wait_for(lambda: finished("bad"), timeout=60, what="pod bad to finish")
+    assert done["status"]["phase"] == "Succeeded"
+    term = done["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert term["exitCode"] == 0 and term["reason"] == "Completed"
+    assert failed["status"]["phase"] == "Failed"
+    term = failed["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert term["exitCode"] == 3 and term["reason"] == "Error"
+    assert failed["status"]["containerStatuses"][0]["containerID"].startswith("orch://")
