@@ -297,18 +297,27 @@ def status(lab_dir: Path) -> dict[str, Any]:
     }
 
 
-def restart_scheduler(lab_dir: Path, sig: int = signal.SIGKILL) -> dict[str, Any]:
-    """Kill the lab's scheduler with ``sig`` and start it again with the same arguments."""
+def restart(lab_dir: Path, component: str, sig: int = signal.SIGKILL) -> dict[str, Any]:
+    """Kill ``component`` ("scheduler" or a node name) with ``sig`` and start it again as it was."""
     lab_dir = lab_dir.resolve()
     state = load_state(lab_dir)
-    if state is None or "scheduler" not in state:
-        raise LabError(f"no lab scheduler in {lab_dir}")
-    old = state["scheduler"]
+    if state is None:
+        raise LabError(f"no lab in {lab_dir}")
+    if component == "scheduler" and "scheduler" in state:
+        old = state["scheduler"]
+    else:
+        old = next((a for a in state.get("agents", []) if a["node"] == component), None)
+        if old is None:
+            raise LabError(f"the lab has no component {component!r}")
     if alive(old):
         os.kill(old["pid"], sig)
         stop(old, timeout=10)
-    new = spawn(old["argv"], Path(old["log"]))
-    state["scheduler"] = {**new, "address": old["address"]}
-    _save_state(lab_dir, state)
-    wait_port(int(old["address"].rsplit(":", 1)[1]), 30, "the scheduler", new)
-    return dict(state["scheduler"])
+    new = {**old, **spawn(old["argv"], Path(old["log"]))}
+    if component == "scheduler":
+        state["scheduler"] = new
+        _save_state(lab_dir, state)
+        wait_port(int(old["address"].rsplit(":", 1)[1]), 30, "the scheduler", new)
+    else:
+        state["agents"] = [new if a["node"] == component else a for a in state["agents"]]
+        _save_state(lab_dir, state)
+    return new

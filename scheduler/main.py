@@ -21,7 +21,7 @@ from scheduler.nodes import NodeService
 from scheduler.plugins import default_framework
 from scheduler.registry import Registry
 from scheduler.scheduling import SchedulingLoop
-from scheduler.store import DEFAULT_PREFIX, Store
+from scheduler.store import DEFAULT_PREFIX, Store, compact_periodically
 
 log = logging.getLogger("scheduler")
 
@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--heartbeat-interval", type=int, default=5, help="seconds between agent heartbeats")
     p.add_argument("--node-monitor-grace-period", type=float, default=40.0,
                    help="seconds without a heartbeat before a node is NotReady")
+    p.add_argument("--compaction-interval", type=float, default=300.0,
+                   help="seconds between compactions of etcd's history (0: never)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -67,6 +69,8 @@ async def serve(args: argparse.Namespace) -> None:
     tasks.start("scheduling-loop", scheduling.run())
     tasks.start("deployment-controller", deploy_ctl.loop.run())
     tasks.start("node-lifecycle-controller", node_ctl.loop.run())
+    if args.compaction_interval > 0:
+        tasks.start("etcd-compactor", compact_periodically(store, args.compaction_interval))
     try:
         await tasks.wait(stop)
     finally:

@@ -63,6 +63,8 @@ class WatchEvent:
 def _translate(e: Exception) -> OrchError:
     if isinstance(e, aetcd.exceptions.RevisionCompactedError):
         return ExpiredError(f"too old resource version: etcd compacted below {e.compacted_revision}")
+    if "required revision has been compacted" in str(e):
+        return ExpiredError(f"too old resource version: {e}")
     if isinstance(e, (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError)):
         return UnavailableError(f"etcd unavailable: {e}")
     if isinstance(e, OrchError):
@@ -279,3 +281,23 @@ class Store:
                 await watch.cancel()
             except Exception:  # noqa: BLE001 - the stream may already be gone; nothing to release
                 pass
+
+
+async def compact_periodically(store: Store, interval: float = 300.0) -> None:
+    """Compact etcd's history as kube-apiserver does: every ``interval`` seconds, up to the
+    revision seen one interval earlier, so a watcher has at least ``interval`` to catch up
+    and etcd does not keep every heartbeat forever. Watchers further behind get
+    ExpiredError and relist."""
+    previous: int | None = None
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            current = await store.revision()
+            if previous is not None and previous > 0:
+                await store._run(lambda: store.client.compact(previous))
+                log.info("compacted etcd history up to revision %d", previous)
+            previous = current
+        except ExpiredError:
+            previous = None  # someone compacted further already
+        except UnavailableError as e:
+            log.warning("compaction skipped: %s", e)

@@ -249,7 +249,7 @@ def test_killing_the_scheduler_loses_nothing(lab: LabCluster, ns: str, capsys: p
     before = {p["metadata"]["uid"]: p for p in live_pods(lab, ns)}
     pid = lab.container_pid(pod["spec"]["nodeName"], container_id(pod))
 
-    labmod.restart_scheduler(lab.dir, signal.SIGKILL)
+    labmod.restart(lab.dir, "scheduler", signal.SIGKILL)
     assert pid_alive(pid), "a scheduler outage stopped a container"
 
     def same_pods_running() -> bool:
@@ -263,6 +263,27 @@ def test_killing_the_scheduler_loses_nothing(lab: LabCluster, ns: str, capsys: p
     assert lab.orchctl("get", "pods", "-n", ns) == 0
     out = capsys.readouterr().out
     assert "steady" in out and out.count("Running") == 3
+
+
+def test_killing_an_agent_keeps_its_containers_and_the_new_agent_adopts_them(lab: LabCluster, ns: str) -> None:
+    from cli import lab as labmod
+
+    with lab.client() as c:
+        c.apply([pod_manifest("adopted", ns)])
+    pod = wait_for(lambda: running(lab, ns, "adopted"), timeout=60, what="pod adopted Running")
+    node, cid = pod["spec"]["nodeName"], container_id(pod)
+    pid = lab.container_pid(node, cid)
+
+    labmod.restart(lab.dir, node, signal.SIGKILL)
+    assert pid_alive(pid), "killing the agent killed a container"
+    time.sleep(3)  # the new agent has reconciled by now: it must not start a second container
+    containers = list((Path(lab.agent(node)["state_dir"]) / "containers").iterdir())
+    assert [d.name for d in containers if d.name == cid] == [cid]
+    assert len([d for d in containers if (d / "config.json").exists()
+                and json.loads((d / "config.json").read_text()).get("pod_uid") == pod["metadata"]["uid"]]) == 1
+    after = wait_for(lambda: running(lab, ns, "adopted"), timeout=30, what="pod still Running")
+    assert container_id(after) == cid and after["status"]["containerStatuses"][0]["restartCount"] == 0
+    assert pid_alive(pid)
 
 
 # --- the CLI as a real process -------------------------------------------------------
@@ -335,3 +356,58 @@ def test_pods_finish_with_their_exit_codes(lab: LabCluster, ns: str) -> None:
     term = failed["status"]["containerStatuses"][0]["state"]["terminated"]
     assert term["exitCode"] == 3 and term["reason"] == "Error"
     assert failed["status"]["containerStatuses"][0]["containerID"].startswith("orch://")
+
+
+async def _compact_now(endpoint: str) -> int:
+    host, port = endpoint.rsplit(":", 1)
+    async with aetcd.Client(host=host, port=int(port)) as client:
+        rev = (await client.get_prefix(b"/orch/none/")).header.revision
+        await client.compact(rev)
+        return int(rev)
+
+
+def test_watch_from_a_resource_version_and_after_compaction(lab: LabCluster, ns: str) -> None:
+    from apimachinery.errors import ExpiredError
+
+    with lab.client() as c:
+        _, rv = c.list("Pod", ns)
+        c.apply([pod_manifest("watched", ns)])
+        events = []
+        for kind, obj in c.watch("Pod", ns, resource_version=rv, timeout=10):
+            events.append((kind, obj["metadata"]["name"]))
+            if kind == "MODIFIED":
+                break
+        assert events[0] == ("ADDED", "watched")
+        # The history the watch started from is compacted away: the client is told to relist.
+        asyncio.run(_compact_now(lab.info["etcd"]))
+        with pytest.raises(ExpiredError, match="too old resource version"):
+            next(iter(c.watch("Pod", ns, resource_version=rv, timeout=10)))
+        # The scheduler's own informers carry on: new work still gets scheduled and run.
+        c.apply([pod_manifest("after-compaction", ns)])
+    wait_for(lambda: running(lab, ns, "after-compaction"), timeout=60, what="a pod applied after compaction")
+
+
+def test_get_with_selectors_namespaces_and_formats(lab: LabCluster, ns: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    a = pod_manifest("sel-a", ns)
+    b = pod_manifest("sel-b", ns)
+    b["metadata"]["labels"] = {"app": "other", "tier": "db"}
+    with lab.client() as c:
+        c.apply([a, b])
+    wait_for(lambda: running(lab, ns, "sel-a") and running(lab, ns, "sel-b"), timeout=60, what="both pods")
+    capsys.readouterr()
+    assert lab.orchctl("get", "pods", "-n", ns, "-l", "tier=db", "-o", "name") == 0
+    assert capsys.readouterr().out.split() == ["pod/sel-b"]
+    assert lab.orchctl("get", "pods", "-A", "-l", "app in (sel-a,other)", "-o", "wide") == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:2] == ["NAMESPACE", "NAME"]
+    assert "sel-a" in out and "sel-b" in out and "lab-node-" in out
+    assert lab.orchctl("get", "pod", "sel-a", "-n", ns, "-o", "yaml") == 0
+    doc = yaml.safe_load(capsys.readouterr().out)
+    assert doc["metadata"]["name"] == "sel-a" and doc["status"]["phase"] == "Running"
+    assert lab.orchctl("get", "nodes") == 0
+    nodes = capsys.readouterr().out
+    assert nodes.count("Ready") == 2
+    assert lab.orchctl("get", "pods", "-n", ns, "-l", "app=") == 0
+    assert lab.orchctl("get", "pods", "-n", ns, "-l", "=bad") == 1
+    assert "error:" in capsys.readouterr().err
