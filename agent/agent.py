@@ -179,7 +179,7 @@ class Agent:
         while True:
             try:
                 await asyncio.wait_for(self.wake.wait(), interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self.wake.clear()
             try:

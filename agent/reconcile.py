@@ -165,8 +165,8 @@ def plan(desired: dict[str, Obj], records: dict[str, PodRecord], states: list[Co
     if orphans_allowed:
         for uid, mine in by_pod.items():
             if uid not in desired and uid not in busy:
-                grace = float((records.get(uid).pod["spec"].get("terminationGracePeriodSeconds", 30))
-                              if uid in records else 30)
+                known = records.get(uid)
+                grace = float(known.pod["spec"].get("terminationGracePeriodSeconds", 30) if known else 30)
                 actions.extend(_teardown(uid, mine, grace))
         for uid in records:
             if uid not in desired and uid not in by_pod and uid not in busy:
@@ -250,7 +250,7 @@ def pod_status(pod: Obj, record: PodRecord, states: list[ContainerState], now: f
     else:
         phase = "Pending"
     all_ready = running == total
-    stamp = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def cond(kind: str, ok: bool, reason: str = "") -> Obj:
         c: Obj = {"type": kind, "status": "True" if ok else "False", "lastTransitionTime": stamp}

@@ -137,7 +137,7 @@ class Loop:
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.resync)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             try:
@@ -227,7 +227,7 @@ class NodeLifecycleController:
         self.loop = Loop("node lifecycle", [nodes], self.reconcile_all, resync)
 
     async def reconcile_all(self) -> None:
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         for node in self.nodes.items():
             age = heartbeat_age(node, now)
             if age is None or age <= self.grace:

@@ -146,11 +146,19 @@ class NodeService(pb_grpc.NodeServiceServicer):
             seen = self._versions[node]
             yield pb.Assignments(pods_json=[json.dumps(p) for p in self._assigned(node)],
                                  resource_version=self.pods.revision)
-            async with self._changed:
-                try:
-                    await asyncio.wait_for(self._changed.wait_for(lambda: self._versions[node] != seen), self.resync)
-                except asyncio.TimeoutError:
-                    pass
+            await self._wait_for_change(node, seen)
+
+    async def _wait_for_change(self, node: str, seen: int) -> None:
+        """Until the node's pods change, or ``resync`` seconds pass (the periodic full resend)."""
+
+        def changed() -> bool:
+            return self._versions[node] != seen
+
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(changed), self.resync)
+            except TimeoutError:
+                pass
 
     async def ReportPodStatus(self, request: pb.PodStatusReport, context: grpc.aio.ServicerContext) -> pb.PodStatusAck:
         try:

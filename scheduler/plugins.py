@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from apimachinery.labels import selector_from_label_selector
 from apimachinery.meta import Obj
 from apimachinery.validation import pod_requests
 from scheduler.framework import (
@@ -138,5 +137,3 @@ def default_framework() -> Framework:
         scores=[(fit, 1), (spread, 2)],
     )
 
-
-__all__ = ["REGISTRY", "default_framework", "node_ready", "controller_uid", "selector_from_label_selector"]

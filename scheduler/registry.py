@@ -18,20 +18,18 @@ from __future__ import annotations
 
 import copy
 import datetime
-import json
 import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from apimachinery.errors import ConflictError, FieldError, NotFoundError, ValidationError
-from apimachinery.meta import DEPLOYMENT, KINDS, NODE, POD, Kind, Obj, now_rfc3339, ref
+from apimachinery.meta import KINDS, NODE, POD, Kind, Obj, now_rfc3339, ref
 from apimachinery.validation import validate
 from scheduler.store import Store, Write
 
 log = logging.getLogger(__name__)
 
-APPLYABLE = ("Pod", "Deployment")
 USER_OWNED_METADATA = ("labels", "annotations", "ownerReferences")
 
 
@@ -43,8 +41,9 @@ class ApplyResult:
 
 def _describe(i: int, raw: Any) -> str:
     if isinstance(raw, dict):
-        md = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
-        return f"document {i} ({raw.get('kind', '?')}/{md.get('name', '?')})"
+        md = raw.get("metadata")
+        name = md.get("name", "?") if isinstance(md, dict) else "?"
+        return f"document {i} ({raw.get('kind', '?')}/{name})"
     return f"document {i}"
 
 
@@ -198,7 +197,7 @@ class Registry:
             md = p["metadata"]
             if md.get("deletionTimestamp") and int(md.get("deletionGracePeriodSeconds", 0)) <= grace:
                 return None
-            deadline = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=grace)
+            deadline = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=grace)
             md["deletionTimestamp"] = deadline.strftime("%Y-%m-%dT%H:%M:%SZ")
             md["deletionGracePeriodSeconds"] = grace
             return p
@@ -245,8 +244,3 @@ class Registry:
         return await self.store.update_with_retry(POD, namespace, name, mutate)
 
 
-def dumps(obj: Obj) -> str:
-    return json.dumps(obj, sort_keys=True)
-
-
-__all__ = ["Registry", "ApplyResult", "APPLYABLE", "DEPLOYMENT", "dumps"]

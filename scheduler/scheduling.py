@@ -14,7 +14,7 @@ import asyncio
 import logging
 
 from apimachinery.errors import ConflictError, NotFoundError, OrchError
-from apimachinery.meta import POD, Obj, now_rfc3339, ref
+from apimachinery.meta import Obj, now_rfc3339, ref
 from scheduler.framework import Framework, NodeInfo
 from scheduler.informer import Informer, obj_key
 from scheduler.store import Store
@@ -73,7 +73,7 @@ class SchedulingLoop:
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.resync)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             try:
@@ -146,5 +146,3 @@ class SchedulingLoop:
         except (ConflictError, NotFoundError):
             pass
 
-
-__all__ = ["SchedulingLoop", "build_node_infos", "is_pending", "POD"]

@@ -16,11 +16,12 @@ is how ``apply`` of a multi-document file is all-or-nothing.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import aetcd
 import aetcd.exceptions
@@ -37,8 +38,6 @@ from apimachinery.errors import (
 from apimachinery.meta import KINDS, Kind, Obj
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 DEFAULT_PREFIX = "/orch"
 # etcd's default --max-txn-ops is 128; each object costs one compare and one put.
@@ -122,7 +121,7 @@ class Store:
             return await coro_fn()
         except OrchError:
             raise
-        except (aetcd.exceptions.ClientError, OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aetcd.exceptions.ClientError, OSError) as e:
             raise _translate(e) from e
 
     # --- reads -------------------------------------------------------------
@@ -148,6 +147,10 @@ class Store:
         rng = await self._run(lambda: self.client.get_prefix(f"{self.prefix}/.none/".encode(), keys_only=True))
         return int(rng.header.revision)
 
+    async def compact(self, revision: int) -> None:
+        """Drop etcd's history before ``revision``; watches from older revisions get ExpiredError."""
+        await self._run(lambda: self.client.compact(revision))
+
     # --- writes ------------------------------------------------------------
 
     async def create(self, obj: Obj) -> Obj:
@@ -158,14 +161,14 @@ class Store:
         rv = int(expected_rv if expected_rv is not None else obj["metadata"]["resourceVersion"])
         return (await self.write([Write(obj, rv)]))[0]
 
-    async def write(self, writes: Iterable[Write]) -> list[Obj]:
+    async def write(self, writes: Iterable[Write]) -> builtins.list[Obj]:
         """Write every object in one transaction: all or nothing.
 
         Raises ConflictError (an object changed since it was read, or was deleted),
         AlreadyExistsError (a create found the name taken). Returns the objects as
         stored, with their new resourceVersion.
         """
-        writes = list(writes)
+        writes = builtins.list(writes)
         if not writes:
             return []
         if len(writes) > MAX_OBJECTS_PER_TXN:
@@ -191,7 +194,7 @@ class Store:
             out.append(stored)
         return out
 
-    async def _explain_failed_write(self, writes: list[Write]) -> None:
+    async def _explain_failed_write(self, writes: builtins.list[Write]) -> None:
         """A guarded transaction failed: find which object lost and say so."""
         for w in writes:
             kind = KINDS[w.obj["kind"]]
@@ -294,7 +297,7 @@ async def compact_periodically(store: Store, interval: float = 300.0) -> None:
         try:
             current = await store.revision()
             if previous is not None and previous > 0:
-                await store._run(lambda: store.client.compact(previous))
+                await store.compact(previous)
                 log.info("compacted etcd history up to revision %d", previous)
             previous = current
         except ExpiredError:

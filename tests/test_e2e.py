@@ -23,8 +23,8 @@ from tests.helpers import (
     cgroup_dir,
     container_id,
     memory_limit_file,
-    nspid,
     ns_inode,
+    nspid,
     pid_alive,
     wait_for,
 )
