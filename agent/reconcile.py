@@ -102,8 +102,16 @@ def _ts(text: str | None) -> float | None:
 
 
 def instances(states: list[ContainerState], name: str) -> list[ContainerState]:
-    """The runtime's instances of one container, oldest first."""
-    return sorted((s for s in states if s.config.name == name), key=lambda s: (s.started_at or "~", s.config.id))
+    """The runtime's instances of one container, oldest first.
+
+    Only one instance of a container is ever live (the next starts after the last
+    exited), so a live one is the newest and exited ones go by when they finished.
+    Start times alone cannot order them: they have whole seconds (a crash and its
+    immediate restart share one) and an instance that failed to start has none.
+    """
+    return sorted((s for s in states if s.config.name == name),
+                  key=lambda s: (s.status is not ContainerStatus.EXITED, s.finished_at or "", s.started_at or "",
+                                 s.config.id))
 
 
 def backoff(restarts_done: int) -> float:

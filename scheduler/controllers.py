@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 TEMPLATE_HASH_LABEL = "pod-template-hash"
 TERMINAL = ("Succeeded", "Failed")
+MAX_NAME_LENGTH = 253  # an object name is a DNS-1123 subdomain
 
 
 def template_hash(template: Obj) -> str:
@@ -103,8 +104,12 @@ def pod_from_template(dep: Obj) -> Obj:
     h = template_hash(template)
     md = dep["metadata"]
     labels = {**template.get("metadata", {}).get("labels", {}), TEMPLATE_HASH_LABEL: h}
+    suffix = secrets.token_hex(3)[:5]
+    # Cut the base, as Kubernetes cuts a generateName, so a long (valid) Deployment name
+    # still gives a valid pod name; the random suffix keeps the names apart.
+    base = f"{md['name']}-{h[:8]}-"[: MAX_NAME_LENGTH - len(suffix)]
     pod_md: Obj = {
-        "name": f"{md['name']}-{h[:8]}-{secrets.token_hex(3)[:5]}",
+        "name": base + suffix,
         "namespace": md["namespace"],
         "labels": labels,
         "ownerReferences": [{

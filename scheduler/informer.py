@@ -50,17 +50,25 @@ class Informer:
     def items(self) -> list[Obj]:
         return list(self.cache.values())
 
-    async def run(self) -> None:
+    async def run(self, *, resume: bool = False) -> None:
+        """List, then watch from the list's revision; list again whenever the watch fails.
+
+        ``resume``: carry on from the cache and revision an earlier, cancelled ``run``
+        left behind, watching from ``revision + 1`` without listing first; if that
+        revision has been compacted meanwhile, this lists like any expired watch.
+        """
         backoff = 0.2
         while True:
             try:
-                items, rev = await self.store.list(self.kind)
-                self.cache = {obj_key(o): o for o in items}
-                self.revision = rev
-                self.synced.set()
-                self._notify(None)
-                backoff = 0.2
-                async for ev in self.store.watch(self.kind, None, rev + 1):
+                if not resume:
+                    items, rev = await self.store.list(self.kind)
+                    self.cache = {obj_key(o): o for o in items}
+                    self.revision = rev
+                    self.synced.set()
+                    self._notify(None)
+                    backoff = 0.2
+                resume = False
+                async for ev in self.store.watch(self.kind, None, self.revision + 1):
                     if ev.type == "DELETED":
                         self.cache.pop(obj_key(ev.obj), None)
                     else:

@@ -19,6 +19,7 @@ import asyncio
 import builtins
 import json
 import logging
+import random
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -242,7 +243,7 @@ class Store:
         and can recompute their change on the latest copy. ``mutate`` returns None to
         make no change. Returns the stored object, or None when nothing was written.
         """
-        for _ in range(attempts):
+        for attempt in range(attempts):
             current = await self.get(kind, namespace, name)
             rv = int(current["metadata"]["resourceVersion"])
             changed = mutate(json.loads(json.dumps(current)))
@@ -251,7 +252,9 @@ class Store:
             try:
                 return await self.update(changed, rv)
             except ConflictError:
-                await asyncio.sleep(0.01)
+                # Random, growing pauses: writers that lost together and retried in lockstep
+                # would collide again, one getting through per round, the rest giving up.
+                await asyncio.sleep(random.uniform(0, min(0.01 * 2 ** attempt, 0.5)))
         raise ConflictError(f'{kind.plural} "{name}": too many concurrent writers, gave up')
 
     # --- watch -------------------------------------------------------------

@@ -1,0 +1,262 @@
+"""The Deployment controller's pure core: ``plan_deployment`` and ``pod_from_template``.
+
+Deployments and pods are plain dicts shaped as the API server stores them
+(``validate`` fills the defaults); no store, no informer, no mocks.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from apimachinery.labels import selector_from_label_selector
+from apimachinery.validation import validate
+from scheduler.controllers import TEMPLATE_HASH_LABEL, plan_deployment, pod_from_template, template_hash
+from scheduler.plugins import controller_uid
+
+Obj = dict[str, Any]
+
+
+def make_deployment(replicas: int = 3, *, name: str = "web", image_arg: str = "1000", generation: int = 1) -> Obj:
+    dep = validate({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web", "tier": "front"}, "annotations": {"team": "blue"}},
+                "spec": {"containers": [{"name": "c", "image": "host", "command": ["sleep", image_arg]}]},
+            },
+        },
+    })
+    dep["metadata"].update(uid="dep-uid-1", generation=generation, resourceVersion="7",
+                           creationTimestamp="2024-05-01T09:00:00Z")
+    return dep
+
+
+_n = 0
+
+
+def owned_pod(dep: Obj, *, created: str = "2024-05-01T10:00:00Z", node: str | None = "n1", ready: bool = True,
+              phase: str | None = None, stale: bool = False, deleting: bool = False, name: str | None = None) -> Obj:
+    """A pod of ``dep`` as the controller created it, in the given state."""
+    global _n
+    _n += 1
+    pod = validate(pod_from_template(dep))
+    md = pod["metadata"]
+    md.update(name=name or f"{md['name']}-{_n}", uid=f"pod-uid-{_n}", creationTimestamp=created,
+              resourceVersion=str(_n))
+    if stale:
+        md["labels"][TEMPLATE_HASH_LABEL] = "0123456789"
+    if deleting:
+        md.update(deletionTimestamp="2024-05-01T11:00:00Z", deletionGracePeriodSeconds=30)
+    if node:
+        pod["spec"]["nodeName"] = node
+    pod["status"] = {
+        "phase": phase or ("Running" if node else "Pending"),
+        "conditions": [{"type": "Ready", "status": "True" if ready and node else "False"}],
+    }
+    return pod
+
+
+def names(pods: list[Obj]) -> list[str]:
+    return [p["metadata"]["name"] for p in pods]
+
+
+# --- create and scale -------------------------------------------------------------
+
+
+def test_from_zero_creates_every_replica() -> None:
+    dep = make_deployment(3)
+    plan = plan_deployment(dep, [])
+    assert plan.create == 3
+    assert plan.delete == []
+
+
+def test_zero_replicas_deletes_everything() -> None:
+    dep = make_deployment(0)
+    pods = [owned_pod(dep), owned_pod(dep)]
+    plan = plan_deployment(dep, pods)
+    assert plan.create == 0
+    assert sorted(names(plan.delete)) == sorted(names(pods))
+
+
+def test_at_the_desired_count_nothing_changes() -> None:
+    dep = make_deployment(2)
+    plan = plan_deployment(dep, [owned_pod(dep), owned_pod(dep)])
+    assert plan.create == 0 and plan.delete == []
+
+
+def test_scale_up_creates_the_difference() -> None:
+    dep = make_deployment(5)
+    plan = plan_deployment(dep, [owned_pod(dep), owned_pod(dep)])
+    assert plan.create == 3 and plan.delete == []
+
+
+def test_scale_down_removes_unscheduled_then_not_ready_then_newest() -> None:
+    dep = make_deployment(4)
+    oldest_ready = owned_pod(dep, name="ready-old", created="2024-05-01T10:00:00Z")
+    newer_ready = owned_pod(dep, name="ready-new", created="2024-05-01T10:05:00Z")
+    newest_ready = owned_pod(dep, name="ready-newest", created="2024-05-02T08:00:00Z")
+    not_ready = owned_pod(dep, name="not-ready", created="2024-04-01T00:00:00Z", ready=False)
+    unscheduled = owned_pod(dep, name="unscheduled", created="2024-03-01T00:00:00Z", node=None)
+    pods = [newer_ready, unscheduled, oldest_ready, not_ready, newest_ready]
+    expected_order = ["unscheduled", "not-ready", "ready-newest", "ready-new", "ready-old"]
+    for replicas in range(4, -1, -1):
+        dep["spec"]["replicas"] = replicas
+        plan = plan_deployment(dep, pods)
+        assert plan.create == 0
+        assert names(plan.delete) == expected_order[: 5 - replicas], replicas
+
+
+def test_newest_first_compares_whole_timestamps() -> None:
+    dep = make_deployment(1)
+    a = owned_pod(dep, name="a", created="2024-12-31T23:59:59Z")
+    b = owned_pod(dep, name="b", created="2025-01-01T00:00:00Z")
+    assert names(plan_deployment(dep, [b, a]).delete) == ["b"]
+    assert names(plan_deployment(dep, [a, b]).delete) == ["b"]
+
+
+# --- pods to replace --------------------------------------------------------------
+
+
+def test_terminal_pods_are_deleted_and_replaced() -> None:
+    dep = make_deployment(3)
+    done = owned_pod(dep, name="done", phase="Succeeded")
+    failed = owned_pod(dep, name="failed", phase="Failed")
+    running = owned_pod(dep, name="running")
+    plan = plan_deployment(dep, [done, failed, running])
+    assert sorted(names(plan.delete)) == ["done", "failed"]
+    assert plan.create == 2
+
+
+def test_pods_of_an_older_template_are_replaced() -> None:
+    dep = make_deployment(2)
+    old = owned_pod(dep, name="old", stale=True)
+    current = owned_pod(dep, name="current")
+    plan = plan_deployment(dep, [old, current])
+    assert names(plan.delete) == ["old"]
+    assert plan.create == 1
+
+
+def test_a_template_change_makes_every_pod_stale() -> None:
+    dep = make_deployment(2)
+    pods = [owned_pod(dep), owned_pod(dep)]
+    changed = make_deployment(2, image_arg="2000", generation=2)
+    assert template_hash(changed["spec"]["template"]) != template_hash(dep["spec"]["template"])
+    plan = plan_deployment(changed, pods)
+    assert sorted(names(plan.delete)) == sorted(names(pods))
+    assert plan.create == 2
+
+
+def test_a_pod_without_the_hash_label_is_replaced() -> None:
+    dep = make_deployment(1)
+    pod = owned_pod(dep, name="adopted")
+    del pod["metadata"]["labels"][TEMPLATE_HASH_LABEL]
+    plan = plan_deployment(dep, [pod])
+    assert names(plan.delete) == ["adopted"] and plan.create == 1
+
+
+def test_terminating_pods_are_not_active_nor_deleted_again() -> None:
+    dep = make_deployment(2)
+    going = owned_pod(dep, name="going", deleting=True)
+    going_failed = owned_pod(dep, name="going-failed", deleting=True, phase="Failed")
+    staying = owned_pod(dep, name="staying")
+    plan = plan_deployment(dep, [going, going_failed, staying])
+    assert plan.delete == []
+    assert plan.create == 1
+    assert plan.status["replicas"] == 1
+
+
+# --- status -----------------------------------------------------------------------
+
+
+def test_status_counts() -> None:
+    dep = make_deployment(4, generation=5)
+    pods = [
+        owned_pod(dep, name="ready-1"),
+        owned_pod(dep, name="ready-2"),
+        owned_pod(dep, name="starting", ready=False),
+        owned_pod(dep, name="old", stale=True),
+        owned_pod(dep, name="going", deleting=True),
+    ]
+    plan = plan_deployment(dep, pods)
+    assert plan.create == 1
+    assert names(plan.delete) == ["old"]
+    assert plan.status == {
+        "observedGeneration": 5,
+        "replicas": 4,  # every pod not being deleted, the outdated one included
+        "updatedReplicas": 3,
+        "readyReplicas": 2,
+        "availableReplicas": 2,
+        "unavailableReplicas": 2,
+    }
+
+
+def test_status_of_a_fresh_deployment() -> None:
+    dep = make_deployment(3)
+    assert plan_deployment(dep, []).status == {
+        "observedGeneration": 1, "replicas": 0, "updatedReplicas": 0,
+        "readyReplicas": 0, "availableReplicas": 0, "unavailableReplicas": 3,
+    }
+
+
+def test_updated_replicas_exclude_the_surplus_being_removed() -> None:
+    dep = make_deployment(1)
+    plan = plan_deployment(dep, [owned_pod(dep), owned_pod(dep), owned_pod(dep)])
+    assert len(plan.delete) == 2
+    assert plan.status["updatedReplicas"] == 1
+    assert plan.status["readyReplicas"] == 1
+    assert plan.status["unavailableReplicas"] == 0
+
+
+def test_plan_does_not_modify_its_inputs() -> None:
+    dep = make_deployment(1)
+    pods = [owned_pod(dep), owned_pod(dep, stale=True), owned_pod(dep, phase="Failed")]
+    before = copy.deepcopy((dep, pods))
+    plan_deployment(dep, pods)
+    assert (dep, pods) == before
+
+
+# --- pod_from_template --------------------------------------------------------------
+
+
+def test_pod_from_template_is_a_valid_pod_owned_by_the_deployment() -> None:
+    dep = make_deployment(3)
+    pod = pod_from_template(dep)
+    valid = validate(pod)  # raises ValidationError naming the field if not
+    md = valid["metadata"]
+    assert valid["kind"] == "Pod" and valid["apiVersion"] == "v1"
+    assert md["namespace"] == "shop"
+    assert md["name"].startswith("web-")
+    assert md["labels"] == {"app": "web", "tier": "front", TEMPLATE_HASH_LABEL: template_hash(dep["spec"]["template"])}
+    assert md["annotations"] == {"team": "blue"}
+    assert selector_from_label_selector(dep["spec"]["selector"]).matches(md["labels"])
+    assert md["ownerReferences"] == [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+                                      "uid": "dep-uid-1", "controller": True, "blockOwnerDeletion": True}]
+    assert controller_uid(valid) == "dep-uid-1"
+    assert valid["spec"] == dep["spec"]["template"]["spec"]
+
+
+def test_pods_from_one_template_get_distinct_names_and_count_as_current() -> None:
+    dep = make_deployment(3)
+    pods = [pod_from_template(dep) for _ in range(10)]
+    assert len(set(names(pods))) == 10
+    plan = plan_deployment(dep, [{**validate(p), "status": {"phase": "Pending"}} for p in pods[:3]])
+    assert plan.create == 0 and plan.delete == []
+
+
+def test_pod_from_template_of_a_long_named_deployment_is_valid() -> None:
+    """A Deployment name may be 253 characters; the generated pod name must stay within that limit."""
+    for length in (63, 200, 240, 253):
+        name = ("a" * (length - 1)) + "z"
+        dep = make_deployment(1, name=name)
+        pod = validate(pod_from_template(dep))
+        assert len(pod["metadata"]["name"]) <= 253
+        assert pod["metadata"]["ownerReferences"][0]["name"] == name
+
+
+def test_long_names_stay_distinct() -> None:
+    dep = make_deployment(1, name="d" * 253)
+    assert len({pod_from_template(dep)["metadata"]["name"] for _ in range(10)}) == 10
