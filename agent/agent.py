@@ -51,6 +51,8 @@ from apimachinery.validation import container_limits
 log = logging.getLogger(__name__)
 
 AGENT_VERSION = "orch-agent/0.1.0"
+# Status reports in flight at once; each is a read and a compare-and-swap in etcd.
+REPORT_CONCURRENCY = 16
 
 
 @dataclass(slots=True)
@@ -265,25 +267,33 @@ class Agent:
     # --- status --------------------------------------------------------------
 
     async def _report(self, states: list[ContainerState]) -> None:
+        """Send the status of every pod whose status changed, concurrently (each is an etcd CAS)."""
         stub = self.stub
         if stub is None:
             return
         now = time.time()
+        changed = []
         for uid, pod in list(self.desired.items()):
             if pod["metadata"].get("deletionTimestamp") or uid not in self.records:
                 continue
             status = pod_status(pod, self.records[uid], states, now, self.config.address)
-            if same_status(self.reported.get(uid), status):
-                continue
+            if not same_status(self.reported.get(uid), status):
+                changed.append((uid, pod, status))
+        limit = asyncio.Semaphore(REPORT_CONCURRENCY)
+
+        async def send(uid: str, pod: Obj, status: Obj) -> None:
             md = pod["metadata"]
-            try:
-                await stub.ReportPodStatus(pb.PodStatusReport(
-                    node_name=self.config.name, namespace=md["namespace"], name=md["name"], uid=uid,
-                    status_json=json.dumps(status)), timeout=10)
-                self.reported[uid] = status
-            except grpc.aio.AioRpcError as e:
-                log.warning("node %s: reporting pod %s/%s failed: %s", self.config.name, md["namespace"],
-                            md["name"], e.code().name)
+            async with limit:
+                try:
+                    await stub.ReportPodStatus(pb.PodStatusReport(
+                        node_name=self.config.name, namespace=md["namespace"], name=md["name"], uid=uid,
+                        status_json=json.dumps(status)), timeout=10)
+                    self.reported[uid] = status
+                except grpc.aio.AioRpcError as e:
+                    log.warning("node %s: reporting pod %s/%s failed: %s", self.config.name, md["namespace"],
+                                md["name"], e.code().name)
+
+        await asyncio.gather(*(send(*c) for c in changed))
 
     async def _report_removed(self, uid: str) -> None:
         pod = self.desired.get(uid)

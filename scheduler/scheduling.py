@@ -16,7 +16,7 @@ import logging
 from apimachinery.errors import ConflictError, NotFoundError, OrchError
 from apimachinery.meta import Obj, now_rfc3339, ref
 from scheduler.framework import Framework, NodeInfo
-from scheduler.informer import Informer, obj_key
+from scheduler.informer import Informer
 from scheduler.store import Store
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,6 @@ class SchedulingLoop:
             log.info("binding pod %s to %s lost a race: %s", ref(pod), node, e)
             return None
         self._assumed[stored["metadata"]["uid"]] = stored
-        self.pods.cache[obj_key(stored)] = stored
         log.info("bound pod %s to node %s", ref(pod), node)
         return stored
 
