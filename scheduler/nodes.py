@@ -163,7 +163,7 @@ class NodeService(pb_grpc.NodeServiceServicer):
     async def ReportPodStatus(self, request: pb.PodStatusReport, context: grpc.aio.ServicerContext) -> pb.PodStatusAck:
         try:
             if request.removed:
-                await self.registry.finalize_pod(request.namespace, request.name, request.uid)
+                await self.registry.finalize_pod(request.node_name, request.namespace, request.name, request.uid)
             else:
                 await self.registry.update_pod_status(request.node_name, request.namespace, request.name,
                                                       request.uid, json.loads(request.status_json))

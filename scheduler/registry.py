@@ -207,11 +207,20 @@ class Registry:
         log.info("pod %s marked for deletion (grace %ss) on node %s", ref(pod), grace, node_name)
         return updated or pod
 
-    async def finalize_pod(self, namespace: str, name: str, uid: str) -> bool:
-        """Remove a pod whose node reports it stopped and cleaned up. Guarded by uid and revision."""
+    async def finalize_pod(self, node_name: str, namespace: str, name: str, uid: str) -> bool:
+        """Remove a pod whose node reports it stopped and cleaned up.
+
+        Only a pod marked for deletion, bound to that node, with that uid; the delete is
+        guarded by the revision read.
+        """
         for _ in range(8):
             pod = await self.store.get_or_none(POD, namespace, name)
             if pod is None or pod["metadata"].get("uid") != uid:
+                return False
+            if pod["spec"].get("nodeName") != node_name or not pod["metadata"].get("deletionTimestamp"):
+                log.warning("node %s reported pod %s/%s removed, but it is %s; ignored", node_name, namespace,
+                            name, "not being deleted" if pod["spec"].get("nodeName") == node_name
+                            else f"bound to {pod['spec'].get('nodeName')!r}")
                 return False
             try:
                 await self.store.delete(pod, expected_rv=int(pod["metadata"]["resourceVersion"]))
