@@ -26,6 +26,7 @@ from pathlib import Path
 
 import grpc
 
+from agent.probes import ContainerProbes, Kind, ProbeTracker, run_check
 from agent.reconcile import (
     Action,
     ContainerRecord,
@@ -40,9 +41,9 @@ from agent.reconcile import (
     same_status,
     uid_of,
 )
-from agent.runtime.runtime import ContainerConfig, ContainerState, Runtime
+from agent.runtime.runtime import ContainerConfig, ContainerState, ContainerStatus, Runtime
 from apimachinery.errors import OrchError
-from apimachinery.meta import Obj, now_rfc3339
+from apimachinery.meta import Obj, now_rfc3339, parse_rfc3339
 from apimachinery.pb import node_pb2 as pb
 from apimachinery.pb import node_pb2_grpc as pb_grpc
 from apimachinery.quantity import parse_cpu
@@ -67,6 +68,9 @@ class NodeConfig:
     labels: dict[str, str] = field(default_factory=dict)
     address: str = "127.0.0.1"
     pod_pids_limit: int = 4096
+    # Kept back for the system and the agent itself, as kubelet's --system-reserved.
+    reserved_cpu_millis: int = 0
+    reserved_memory_bytes: int = 0
 
 
 class Agent:
@@ -85,6 +89,10 @@ class Agent:
         self.wake = asyncio.Event()
         # Running actions; held so they are not garbage-collected mid-flight.
         self._tasks: set[asyncio.Task[None]] = set()
+        # Probes of running containers, by container id; and the containers as last read.
+        self.probes: dict[str, ContainerProbes] = {}
+        self._probing: set[tuple[str, Kind]] = set()
+        self._states: list[ContainerState] = []
         # Stops wait out grace periods; many pods may stop at once, so size for that.
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="runtime")
 
@@ -113,9 +121,11 @@ class Agent:
 
     def _registration(self) -> pb.RegisterRequest:
         c = self.config
-        res = pb.Resources(cpu_millis=c.cpu_millis, memory_bytes=c.memory_bytes, pods=c.max_pods)
+        capacity = pb.Resources(cpu_millis=c.cpu_millis, memory_bytes=c.memory_bytes, pods=c.max_pods)
+        allocatable = pb.Resources(cpu_millis=max(0, c.cpu_millis - c.reserved_cpu_millis),
+                                   memory_bytes=max(0, c.memory_bytes - c.reserved_memory_bytes), pods=c.max_pods)
         return pb.RegisterRequest(
-            node_name=c.name, labels=c.labels, capacity=res, allocatable=res,
+            node_name=c.name, labels=c.labels, capacity=capacity, allocatable=allocatable,
             addresses=[pb.NodeAddress(type="InternalIP", address=c.address),
                        pb.NodeAddress(type="Hostname", address=c.name)],
             agent_version=AGENT_VERSION, kernel_version=os.uname().release,
@@ -191,7 +201,10 @@ class Agent:
                 log.error("node %s: reading the containers failed: %s; retrying", self.config.name, e,
                           exc_info=True)
                 continue
-            for action in plan(self.desired, self.records, states, time.time(), self.busy, self.have_assignments):
+            self._states = states
+            unhealthy = {cid for cid, p in self.probes.items() if p.restart_reason}
+            for action in plan(self.desired, self.records, states, time.time(), self.busy, self.have_assignments,
+                               unhealthy):
                 if isinstance(action, RemovePod) and action.pod_uid in self.removed_reported:
                     continue  # done; the scheduler has yet to drop it from the assignments
                 self.busy.add(action.pod_uid)
@@ -264,6 +277,54 @@ class Agent:
                         pod["metadata"]["namespace"], pod["metadata"]["name"], spec["name"], e)
         self._save_record(action.pod_uid)
 
+    # --- probes --------------------------------------------------------------
+
+    async def probe_loop(self, interval: float = 0.5) -> None:
+        """Run every due probe of every running container; verdicts wake the reconciler."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = time.time()
+            live: set[str] = set()
+            for st in self._states:
+                pod = self.desired.get(st.config.pod_uid)
+                if st.status is not ContainerStatus.RUNNING or pod is None or pod["metadata"].get("deletionTimestamp"):
+                    continue
+                spec = next((c for c in pod["spec"]["containers"] if c["name"] == st.config.name), None)
+                if spec is None:
+                    continue
+                cid = st.config.id
+                live.add(cid)
+                probes = self.probes.get(cid)
+                if probes is None:
+                    started = parse_rfc3339(st.started_at).timestamp() if st.started_at else now
+                    probes = self.probes[cid] = ContainerProbes.for_container(spec, started)
+                for kind, tracker in probes.due(now):
+                    if (cid, kind) not in self._probing:
+                        self._probing.add((cid, kind))
+                        self._tasks.add(loop.create_task(self._probe(st, spec, probes, kind, tracker),
+                                                         name=f"probe/{kind}/{cid[:12]}"))
+            for cid in [c for c in self.probes if c not in live]:
+                del self.probes[cid]
+
+    async def _probe(self, st: ContainerState, spec: Obj, probes: ContainerProbes, kind: Kind,
+                     tracker: ProbeTracker) -> None:
+        loop = asyncio.get_running_loop()
+        netns = getattr(self.runtime, "sandbox_netns_path", lambda uid: None)(st.config.pod_uid)
+        exec_fn = getattr(self.runtime, "exec_sync", None)
+        bound_exec = (lambda argv, timeout: exec_fn(st.config.id, argv, timeout)) if exec_fn else None
+        try:
+            result, message = await loop.run_in_executor(
+                self.pool, run_check, tracker.spec, spec, netns, bound_exec, tracker.timeout)
+            before = (probes.ready, probes.restart_reason)
+            probes.record(kind, result, time.time(), message)
+            if (probes.ready, probes.restart_reason) != before:
+                log.info("node %s: pod %s container %s: %s probe: %s%s", self.config.name, st.config.pod_name,
+                         st.config.name, kind.value, result.value, f" ({message})" if message else "")
+                self.wake.set()
+        finally:
+            self._probing.discard((st.config.id, kind))
+
     # --- status --------------------------------------------------------------
 
     async def _report(self, states: list[ContainerState]) -> None:
@@ -276,7 +337,7 @@ class Agent:
         for uid, pod in list(self.desired.items()):
             if pod["metadata"].get("deletionTimestamp") or uid not in self.records:
                 continue
-            status = pod_status(pod, self.records[uid], states, now, self.config.address)
+            status = pod_status(pod, self.records[uid], states, now, self.config.address, self.probes)
             if not same_status(self.reported.get(uid), status):
                 changed.append((uid, pod, status))
         limit = asyncio.Semaphore(REPORT_CONCURRENCY)

@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cpu", help="CPU capacity to advertise (default: the machine's cores), e.g. 2 or 1500m")
     p.add_argument("--memory", help="memory capacity to advertise (default: the machine's), e.g. 4Gi")
     p.add_argument("--max-pods", type=int, default=110)
+    p.add_argument("--system-reserved", type=parse_labels, default=parse_labels("cpu=100m,memory=256Mi"),
+                   help="resources kept back from pods for the system and the agent, like kubelet's "
+                        "(default cpu=100m,memory=256Mi); allocatable = capacity - this")
     p.add_argument("--pod-pids-limit", type=int, default=4096, help="pids.max of every container")
     p.add_argument("--labels", type=parse_labels, default={}, help="node labels k=v,k2=v2")
     p.add_argument("--address", default="127.0.0.1", help="the node's InternalIP")
@@ -64,6 +67,7 @@ async def run(config: NodeConfig) -> None:
     tasks = TaskGroup()
     tasks.start("connection", agent.connection_loop())
     tasks.start("reconcile", agent.reconcile_loop())
+    tasks.start("probes", agent.probe_loop())
     try:
         await tasks.wait(stop)
     finally:
@@ -84,13 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cpu = parse_cpu(args.cpu) if args.cpu else (os.cpu_count() or 1) * 1000
         memory = parse_memory(args.memory) if args.memory else machine_memory()
+        unknown = set(args.system_reserved) - {"cpu", "memory"}
+        if unknown:
+            raise QuantityError(f"--system-reserved: unknown resource {sorted(unknown)[0]!r}; use cpu and memory")
+        reserved_cpu = parse_cpu(args.system_reserved.get("cpu", "0"))
+        reserved_memory = parse_memory(args.system_reserved.get("memory", "0"))
     except QuantityError as e:
-        log.error("--cpu/--memory: %s", e)
+        log.error("%s", e)
         return 2
     config = NodeConfig(name=args.node_name, scheduler=args.scheduler, state_dir=args.state_dir,
                         cgroup_root=args.cgroup_root, cpu_millis=cpu, memory_bytes=memory,
                         max_pods=args.max_pods, labels=args.labels, address=args.address,
-                        pod_pids_limit=args.pod_pids_limit)
+                        pod_pids_limit=args.pod_pids_limit, reserved_cpu_millis=reserved_cpu,
+                        reserved_memory_bytes=reserved_memory)
     try:
         asyncio.run(run(config))
     except RuntimeError as e:

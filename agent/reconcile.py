@@ -134,12 +134,15 @@ def restart_due(state: ContainerState, record: ContainerRecord, now: float) -> f
 
 
 def plan(desired: dict[str, Obj], records: dict[str, PodRecord], states: list[ContainerState],
-         now: float, busy: set[str], orphans_allowed: bool) -> list[Action]:
+         now: float, busy: set[str], orphans_allowed: bool,
+         unhealthy: frozenset[str] | set[str] = frozenset()) -> list[Action]:
     """Actions that move the node toward ``desired`` (pods by uid).
 
     ``busy`` holds the uids of pods with an action still running; they are skipped.
     ``orphans_allowed`` is False until the first assignment list has arrived, so a
     restarted agent never stops containers it simply has not heard about yet.
+    ``unhealthy`` holds the ids of running containers whose liveness or startup probe
+    failed: they are stopped (with the pod's grace period) and restart by policy.
     """
     by_pod: dict[str, list[ContainerState]] = {}
     for s in states:
@@ -162,6 +165,10 @@ def plan(desired: dict[str, Obj], records: dict[str, PodRecord], states: list[Co
             for old in exited[:-1]:
                 actions.append(RemoveContainer(uid, old.config.id))
             current = insts[-1] if insts else None
+            if current is not None and current.status is ContainerStatus.RUNNING and current.config.id in unhealthy:
+                grace = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
+                actions.append(StopContainer(uid, current.config.id, grace))
+                continue
             if current is None:
                 if crec.last_error is None or now - (crec.last_error_at or 0) >= backoff(crec.restart_count + 1):
                     # A start that failed before the process ran backs off like a crash.
@@ -209,8 +216,13 @@ def _state_of(s: ContainerState) -> Obj:
 
 
 def pod_status(pod: Obj, record: PodRecord, states: list[ContainerState], now: float,
-               host_ip: str | None = None) -> Obj:
-    """The status this node reports for ``pod``, from its containers' states."""
+               host_ip: str | None = None, probes: dict[str, Any] | None = None) -> Obj:
+    """The status this node reports for ``pod``, from its containers' states.
+
+    ``probes`` maps a container id to its ``agent.probes.ContainerProbes``; a running
+    container without one is started and ready (it has no probes, or none ran yet is
+    not what that means: the agent creates the entry when the container starts).
+    """
     uid = uid_of(pod)
     mine = [s for s in states if s.config.pod_uid == uid]
     policy = pod["spec"].get("restartPolicy", "Always")
@@ -241,7 +253,9 @@ def pod_status(pod: Obj, record: PodRecord, states: list[ContainerState], now: f
                     cs["lastState"] = _state_of(insts[-2])
                 if cur.status is ContainerStatus.RUNNING:
                     running += 1
-                    cs["ready"] = cs["started"] = True
+                    checks = (probes or {}).get(cur.config.id)
+                    cs["started"] = checks.started if checks is not None else True
+                    cs["ready"] = checks.ready if checks is not None else True
                 elif cur.status is ContainerStatus.EXITED:
                     if cur.exit_code == 0:
                         terminal_ok += 1
@@ -257,7 +271,7 @@ def pod_status(pod: Obj, record: PodRecord, states: list[ContainerState], now: f
         phase = "Running"
     else:
         phase = "Pending"
-    all_ready = running == total
+    all_ready = running == total and all(cs["ready"] for cs in statuses)
     stamp = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def cond(kind: str, ok: bool, reason: str = "") -> Obj:

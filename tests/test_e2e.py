@@ -411,3 +411,17 @@ def test_get_with_selectors_namespaces_and_formats(lab: LabCluster, ns: str,
     assert lab.orchctl("get", "pods", "-n", ns, "-l", "app=") == 0
     assert lab.orchctl("get", "pods", "-n", ns, "-l", "=bad") == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_nodes_register_capacity_and_allocatable_less_system_reserved(lab: LabCluster) -> None:
+    with lab.client() as c:
+        nodes, _ = c.list("Node")
+    assert sorted(n["metadata"]["name"] for n in nodes) == ["lab-node-1", "lab-node-2"]
+    for node in nodes:
+        status = node["status"]
+        # The lab's nodes advertise 2 CPUs and 4Gi; the agent keeps cpu=100m,memory=256Mi back by default.
+        assert status["capacity"]["cpu"] == "2" and status["capacity"]["memory"] == "4Gi"
+        assert status["allocatable"]["cpu"] == "1900m" and status["allocatable"]["memory"] == "3840Mi"
+        assert node["metadata"]["labels"]["kubernetes.io/hostname"] == node["metadata"]["name"]
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        assert ready["status"] == "True"
