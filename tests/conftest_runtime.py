@@ -10,6 +10,7 @@ no process and no mount of that test is left.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,12 @@ from typing import TypeVar
 
 import pytest
 
-from agent.runtime.runtime import ContainerConfig, Runtime
+from agent.runtime.runtime import (
+    ContainerConfig,
+    ContainerState,
+    ContainerStatus,
+    Runtime,
+)
 
 T = TypeVar("T")
 
@@ -80,6 +86,30 @@ def pid_gone(pid: int) -> bool:
     return stat[stat.rfind(b")") + 2:][:1] == b"Z"  # a zombie is gone for our purposes
 
 
+_CRI_LINE = re.compile(rb"^\S+ (stdout|stderr) ([FP])(?::\S*)? ?(.*)$", re.DOTALL)
+
+
+def container_output(log_path: str | os.PathLike[str]) -> str:
+    """What the container wrote to stdout and stderr, from its log.
+
+    The shim writes the CRI log format (``<time> stdout F <line>``): the
+    prefixes are stripped and partial (``P``) lines joined; a plain log is
+    returned as it is.
+    """
+    try:
+        raw = Path(log_path).read_bytes()
+    except FileNotFoundError:
+        return ""
+    out = []
+    for line in raw.splitlines():
+        m = _CRI_LINE.match(line)
+        if m is None:
+            out.append(line + b"\n")
+        else:
+            out.append(m.group(3) + (b"\n" if m.group(2) == b"F" else b""))
+    return b"".join(out).decode(errors="replace")
+
+
 def make_config(argv: list[str] | tuple[str, ...], **overrides: object) -> ContainerConfig:
     fields: dict[str, object] = {
         "id": secrets.token_hex(16),
@@ -99,6 +129,25 @@ def make_config(argv: list[str] | tuple[str, ...], **overrides: object) -> Conta
     }
     fields.update(overrides)
     return ContainerConfig(**fields)  # type: ignore[arg-type]
+
+
+def run_to_exit(rt: Runtime, argv: list[str], timeout: float = 15, **overrides: object) -> tuple[ContainerState, str]:
+    """Start a container, wait until it has exited, return its final state and its output."""
+    st = rt.start(make_config(argv, **overrides))
+    wait_for(lambda: rt.state(st.config.id).status == ContainerStatus.EXITED, timeout,
+             what=f"container {st.config.id} to exit")
+    done = rt.state(st.config.id)
+    return done, container_output(done.log_path)
+
+
+def status_fields(text: str) -> dict[str, str]:
+    """``Name:\tvalue`` lines (as /proc/<pid>/status) -> {Name: value}."""
+    out = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name and " " not in name:
+            out[name] = value.strip()
+    return out
 
 
 @pytest.fixture(name="runtime")

@@ -56,7 +56,8 @@ def test_lab_up_then_down_leaves_nothing_behind(tmp_path: Path) -> None:
             return pids
 
         pids = wait_for(container_pids, timeout=60, what="the pod's container to start")
-        shims = [int(p.read_text()) for a in state["agents"] for p in Path(a["stateDir"], "containers").glob("*/shim.pid")]
+        shims = [int(p.read_text().split()[0])
+                 for a in state["agents"] for p in Path(a["stateDir"], "containers").glob("*/shim.pid")]
         procs = [state["etcd"]["pid"], state["scheduler"]["pid"], *(a["pid"] for a in state["agents"]), *pids, *shims]
         assert all(pid_alive(p) for p in procs)
         assert lab_cgroups(ident), "the lab made no cgroups at all"

@@ -9,9 +9,27 @@ unshared its mount namespace and before it execs. Step by step:
    recreate them as symlinks where the host has symlinks (merged /usr);
 4. write a small generated ``/etc`` — never the host's, which holds secrets;
 5. mount a fresh ``proc`` (it shows the PID namespace of the mounting process),
-   a minimal ``/dev`` and a tmpfs ``/tmp``;
-6. ``pivot_root`` into it, detach the old root and remove its mount point,
-   ``chdir`` to the working directory.
+   a ``sysfs`` when the container has a network namespace of its own (sysfs
+   shows the network devices of the mounting process's namespace), a minimal
+   ``/dev`` and a tmpfs ``/tmp``;
+6. unless privileged, as runc does: mask ``MASKED_PATHS`` (``/dev/null`` bound
+   over files, an empty read-only tmpfs over directories) and make
+   ``READONLY_PATHS`` read-only binds of themselves; /sys is read-only;
+7. ``pivot_root`` into it, detach the old root and remove its mount point,
+   ``chdir`` to the working directory;
+8. with ``read_only`` (``readOnlyRootFilesystem``) remount ``/`` read-only.
+
+Read-only root, as Docker's ``--read-only`` and Kubernetes: everything on
+the root filesystem — /etc, /tmp, /var/tmp, /run, /root — is read-only, and
+/tmp gets no tmpfs (in Kubernetes only volumes are writable; a pod that needs
+scratch space mounts an emptyDir). /dev, /dev/shm, /dev/pts, /proc (with its
+masks) and /sys are the separate mounts they always are, /dev/shm writable.
+
+User namespaces: ``owner`` is the host uid/gid the container's root maps to.
+The tmpfs mounts are made with that owner and the generated files chowned to
+it, so the container's root owns its /, /etc, /tmp as it would without a user
+namespace; the host's read-only binds stay owned by host root and show up as
+``nobody`` inside.
 
 The files of the generated ``/etc`` come from pure functions (``etc_files``) so
 they are unit-testable without a kernel. Everything else is one small function
@@ -30,12 +48,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.runtime import syscalls as sc
+from agent.runtime.overlay import mount_overlay
 
 __all__ = [
     "DEV_NODES",
     "HOST_DIRS",
+    "MASKED_PATHS",
+    "READONLY_PATHS",
     "RootfsSpec",
     "enter_host_rootfs",
+    "enter_image_rootfs",
+    "enter_rootfs",
     "etc_files",
     "resolv_conf",
 ]
@@ -55,6 +78,15 @@ DEV_SYMLINKS = {
 }
 #: Where the old root sits between pivot_root and its detach.
 OLD_ROOT = ".orch-old-root"
+#: Hidden from a container that is not privileged (runc's and Docker's defaults):
+#: kernel memory, keyrings, timers and scheduler internals, firmware tables.
+MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+)
+#: Read-only for a container that is not privileged: sysctls and hardware knobs
+#: that are global to the host, not namespaced.
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
 # Gotcha: statvfs reports mount flags as ST_*; they have the same bit values
 # as MS_* for these, but spell the mapping out rather than rely on it.
@@ -77,6 +109,19 @@ class RootfsSpec:
     working_dir: str = "/"
     host_resolv_conf: str = "/etc/resolv.conf"
     tmpfs_size: str = "64m"  # for /, /tmp and /dev/shm each; charged to the container's memory cgroup
+    privileged: bool = False  # no masked or read-only paths; /sys writable
+    read_only: bool = False  # readOnlyRootFilesystem
+    mount_sysfs: bool = False  # only in a network namespace of the container's (pod's) own
+    owner: tuple[int, int] = (0, 0)  # host uid, gid of the container's root (user namespaces)
+    # An image's unpacked layers, lowest first; empty for the host image.
+    layers: tuple[str, ...] = ()
+    # The container's state dir: the overlay's upper and work dirs and the generated /etc files live there.
+    state_dir: Path | None = None
+
+    def owner_options(self) -> str:
+        """tmpfs options giving a new mount the container root's owner ("" when that is host root)."""
+        uid, gid = self.owner
+        return f"uid={uid},gid={gid}" if (uid, gid) != (0, 0) else ""
 
 
 # ---------------------------------------------------------------- pure parts
@@ -149,7 +194,7 @@ def bind_readonly(source: str, target: Path, *, extra_flags: int = sc.MS_NOSUID 
     sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _mount_flags(source) | extra_flags)
 
 
-def populate_host_dirs(root: Path) -> None:
+def populate_host_dirs(root: Path, owner: tuple[int, int] = (0, 0)) -> None:
     """Give ``root`` the host's /usr, /bin, /sbin, /lib*: read-only binds, or symlinks as on the host."""
     for host_dir in HOST_DIRS:
         if not os.path.lexists(host_dir):
@@ -159,6 +204,7 @@ def populate_host_dirs(root: Path) -> None:
             # Merged /usr (Debian 12: /bin -> usr/bin): the link resolves
             # inside the container once /usr is bound.
             os.symlink(os.readlink(host_dir), target)
+            os.lchown(target, *owner)
         elif os.path.isdir(host_dir):
             target.mkdir(mode=0o755)
             bind_readonly(host_dir, target)
@@ -171,23 +217,74 @@ def write_etc(root: Path, spec: RootfsSpec) -> None:
         host_resolv = ""
     etc = root / "etc"
     etc.mkdir(mode=0o755)
+    os.chown(etc, *spec.owner)
     for name, text in etc_files(spec.hostname, host_resolv).items():
         (etc / name).write_text(text)
         os.chmod(etc / name, 0o644)
+        os.chown(etc / name, *spec.owner)
 
 
 def mount_proc(root: Path) -> None:
     """A fresh procfs: it shows the PID namespace of the process that mounts it."""
     target = root / "proc"
-    target.mkdir(mode=0o555)
+    target.mkdir(mode=0o555, exist_ok=True)
     sc.mount("proc", target, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+
+
+def mount_sys(root: Path, spec: RootfsSpec) -> None:
+    """A fresh sysfs, read-only unless privileged.
+
+    Gotcha: sysfs shows the network devices of the mounting process's network
+    namespace, so it is only mounted in the container's (pod's) own one; in a
+    user namespace the kernel also wants that network namespace owned by it.
+    """
+    target = root / "sys"
+    target.mkdir(mode=0o555, exist_ok=True)
+    flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (0 if spec.privileged else sc.MS_RDONLY)
+    sc.mount("sysfs", target, "sysfs", flags)
+
+
+def mask_path(root: Path, path: str) -> None:
+    """Hide ``path`` (absolute, in the container): /dev/null over a file, an empty read-only tmpfs over a dir.
+
+    A path this kernel doesn't have is skipped.
+    """
+    target = root / path.lstrip("/")
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        sc.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "size=4k,mode=555")
+    else:
+        sc.mount("/dev/null", target, None, sc.MS_BIND)
+
+
+def readonly_path(root: Path, path: str) -> None:
+    """Make ``path`` (absolute, in the container) a read-only bind of itself; skipped if missing."""
+    target = root / path.lstrip("/")
+    if not os.path.lexists(target):
+        return
+    bind_readonly(str(target), target, extra_flags=sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+
+
+def restrict_kernel_paths(root: Path, spec: RootfsSpec) -> None:
+    """Masked and read-only /proc (and /sys) paths, as runc applies them to a container that is not privileged."""
+    if spec.privileged:
+        return
+    for path in MASKED_PATHS:
+        if path.startswith("/sys/") and not spec.mount_sysfs:
+            continue
+        mask_path(root, path)
+    for path in READONLY_PATHS:
+        readonly_path(root, path)
 
 
 def mount_dev(root: Path, spec: RootfsSpec) -> None:
     """A minimal /dev: host device nodes bound onto empty files, symlinks, shm and a private devpts."""
     dev = root / "dev"
-    dev.mkdir(mode=0o755)
-    mount_tmpfs(dev, mode="755", size="64k", flags=sc.MS_NOSUID | sc.MS_STRICTATIME)
+    dev.mkdir(mode=0o755, exist_ok=True)
+    mount_tmpfs(dev, mode="755", size="64k", flags=sc.MS_NOSUID | sc.MS_STRICTATIME, extra=spec.owner_options())
     for name in DEV_NODES:
         host_node = f"/dev/{name}"
         try:
@@ -203,26 +300,35 @@ def mount_dev(root: Path, spec: RootfsSpec) -> None:
         sc.mount(host_node, node, None, sc.MS_BIND)
     for name, target in DEV_SYMLINKS.items():
         os.symlink(target, dev / name)
+        os.lchown(dev / name, *spec.owner)
     shm = dev / "shm"
     shm.mkdir(mode=0o1777)
-    mount_tmpfs(shm, mode="1777", size=spec.tmpfs_size, flags=sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    mount_tmpfs(shm, mode="1777", size=spec.tmpfs_size, flags=sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+                extra=spec.owner_options())
     pts = dev / "pts"
     pts.mkdir(mode=0o755)
     # newinstance: a devpts of our own, not the host's ptys; ptmxmode=0666
-    # makes its ptmx usable through the /dev/ptmx -> pts/ptmx symlink.
-    sc.mount("devpts", pts, "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    # makes its ptmx usable through the /dev/ptmx -> pts/ptmx symlink. The
+    # gid is a host gid: the container's tty group (5) mapped.
+    sc.mount("devpts", pts, "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
+             f"newinstance,ptmxmode=0666,mode=0620,gid={spec.owner[1] + 5}")
 
 
 def mount_tmp(root: Path, spec: RootfsSpec) -> None:
+    """A tmpfs /tmp; with a read-only root just the (read-only) directory, as Docker's --read-only."""
     tmp = root / "tmp"
     tmp.mkdir()
-    mount_tmpfs(tmp, mode="1777", size=spec.tmpfs_size, flags=sc.MS_NOSUID | sc.MS_NODEV)
+    if spec.read_only:
+        os.chmod(tmp, 0o1777)
+        os.chown(tmp, *spec.owner)
+        return
+    mount_tmpfs(tmp, mode="1777", size=spec.tmpfs_size, flags=sc.MS_NOSUID | sc.MS_NODEV, extra=spec.owner_options())
 
 
 def pivot_into(root: Path) -> None:
     """Make ``root`` the process's / and drop every trace of the old root."""
     old = root / OLD_ROOT
-    old.mkdir(mode=0o700)
+    old.mkdir(mode=0o700, exist_ok=True)
     sc.pivot_root(root, old)
     os.chdir("/")
     # MNT_DETACH: the old root holds busy mounts (our own /proc, the host's
@@ -231,15 +337,27 @@ def pivot_into(root: Path) -> None:
     os.rmdir(f"/{OLD_ROOT}")
 
 
-def enter_working_dir(working_dir: str) -> None:
-    """chdir into the working directory, creating it if missing (as runc does)."""
+def remount_root_readonly() -> None:
+    """Make ``/`` (the container's tmpfs root) read-only; the mounts on it keep their own flags."""
+    sc.mount(None, "/", None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | _mount_flags("/"))
+
+
+def enter_working_dir(working_dir: str, owner: tuple[int, int] = (0, 0)) -> None:
+    """chdir into the working directory, creating it if missing (as runc does), owned by the container's root."""
     wd = working_dir or "/"
     if not wd.startswith("/"):
         raise OSError(errno.EINVAL, f"workingDir must be absolute: {wd!r}")
     try:
         os.chdir(wd)
     except FileNotFoundError:
+        missing = []
+        parent = os.path.normpath(wd)
+        while not os.path.lexists(parent):
+            missing.append(parent)
+            parent = os.path.dirname(parent)
         os.makedirs(wd, mode=0o755, exist_ok=True)
+        for path in missing:
+            os.chown(path, *owner)
         os.chdir(wd)
 
 
@@ -251,14 +369,77 @@ def enter_host_rootfs(spec: RootfsSpec) -> None:
     """
     root = spec.rootfs
     make_mounts_private()
-    mount_tmpfs(root, mode="755", size=spec.tmpfs_size)
-    populate_host_dirs(root)
+    mount_tmpfs(root, mode="755", size=spec.tmpfs_size, extra=spec.owner_options())
+    populate_host_dirs(root, spec.owner)
     write_etc(root, spec)
     for name in ("root", "run", "var", "var/tmp"):
         (root / name).mkdir(mode=0o1777 if name == "var/tmp" else 0o755)
+        os.chown(root / name, *spec.owner)
     os.chmod(root / "var/tmp", 0o1777)  # mkdir applies the umask
     mount_proc(root)
+    if spec.mount_sysfs:
+        mount_sys(root, spec)
     mount_dev(root, spec)
     mount_tmp(root, spec)
+    restrict_kernel_paths(root, spec)
     pivot_into(root)
-    enter_working_dir(spec.working_dir)
+    # The working directory is made (if missing) before / turns read-only, as runc does.
+    enter_working_dir(spec.working_dir, spec.owner)
+    if spec.read_only:
+        remount_root_readonly()
+
+
+def enter_rootfs(spec: RootfsSpec) -> None:
+    """Build the container's root (an image's layers, or the host image) and pivot into it."""
+    if spec.layers:
+        enter_image_rootfs(spec)
+    else:
+        enter_host_rootfs(spec)
+
+
+#: The /etc files the node writes for every container, bound over the image's own (as kubelet does).
+MANAGED_ETC = ("hosts", "hostname", "resolv.conf")
+
+
+def enter_image_rootfs(spec: RootfsSpec) -> None:
+    """Mount the image's layers as an overlay with a writable layer of the container's own,
+    bind the node-managed /etc files over the image's, and pivot into it.
+
+    The upper and work dirs live in the container's state dir, so its writes go away
+    with it; the layers below are shared and never written. A read-only root is the
+    same overlay remounted read-only at the end: mount points must be made first.
+    """
+    if spec.state_dir is None:
+        raise OSError(errno.EINVAL, "an image root needs the container's state dir")
+    if spec.owner != (0, 0):
+        raise OSError(errno.ENOTSUP, "hostUsers: false with an image needs idmapped layers, not supported yet")
+    root = spec.rootfs
+    make_mounts_private()
+    upper, work, etc = spec.state_dir / "upper", spec.state_dir / "work", spec.state_dir / "etc"
+    for d in (upper, work, etc):
+        d.mkdir(mode=0o755, exist_ok=True)
+    mount_overlay(root, [Path(p) for p in spec.layers], upper, work)
+    try:
+        host_resolv = Path(spec.host_resolv_conf).read_text()
+    except OSError:
+        host_resolv = ""
+    generated = etc_files(spec.hostname, host_resolv)
+    (root / "etc").mkdir(mode=0o755, exist_ok=True)
+    for name in MANAGED_ETC:
+        source = etc / name
+        source.write_text(generated[name])
+        target = root / "etc" / name
+        if target.is_symlink() or target.is_dir():
+            continue  # the image wants something else there; leave it alone rather than follow it
+        if not target.exists():
+            target.touch(mode=0o644)
+        sc.mount(str(source), str(target), None, sc.MS_BIND, None)
+    mount_proc(root)
+    if spec.mount_sysfs:
+        mount_sys(root, spec)
+    mount_dev(root, spec)
+    restrict_kernel_paths(root, spec)
+    pivot_into(root)
+    enter_working_dir(spec.working_dir, spec.owner)
+    if spec.read_only:
+        remount_root_readonly()

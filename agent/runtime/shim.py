@@ -12,26 +12,32 @@ The shim
 2. creates the container's cgroup with its limits;
 3. ``unshare(CLONE_NEWPID)`` on itself, so its next child is PID 1 of a new
    PID namespace, and forks that child;
-4. the child joins the cgroup, unshares mount/UTS/IPC/cgroup namespaces, sets
-   the hostname, builds the root filesystem (``rootfs.py``), points stdout and
-   stderr at ``container.log`` and execs the command;
+4. the child joins the cgroup and the pod sandbox's network, UTS and IPC
+   namespaces (``sandbox.py``), unshares mount and cgroup namespaces, builds
+   the root filesystem (``rootfs.py``), joins the pod's user namespace if it
+   has one, points stdout and stderr at two pipes, drops its privileges
+   (``security.py``: capabilities, user, no_new_privs, seccomp) and execs the
+   command;
 5. a CLOEXEC pipe tells the shim whether the exec happened: EOF means it did;
    a line of text is the child's error, which becomes ``exit.json`` with
    ``reason: StartError``;
-6. on success the shim writes ``pid`` and ``started.json``, waits for the
-   child and writes ``exit.json`` atomically, then kills whatever is left in
-   the cgroup and exits.
+6. on success the shim writes ``pid`` and ``started.json``, copies the
+   pipes into ``container.log`` in the CRI log format (``logs.py``) until the
+   child exits, writes ``exit.json`` atomically, then kills whatever is left
+   in the cgroup and exits.
 
 State directory layout (``<state_dir>/containers/<id>/``)::
 
     config.json     ContainerConfig                       Runtime, before the shim
     runtime.json    cgroup path + cgroup driver spec      Runtime, before the shim
+                    + the pod sandbox's namespace files and id map
     rootfs/         empty dir; the container's / is mounted on it in its own mount ns
     shim.pid        pid of the shim                       shim
     shim.log        the shim's own log                    shim (stderr)
     pid             host pid of the container's PID 1     shim, after exec
     started.json    {"pid", "startedAt", "startTime"}     shim, after exec
-    container.log   the container's stdout+stderr         container
+    container.log   the container's stdout+stderr, CRI log format, rotated to
+                    container.log.1 ... (logs.py)            shim
     exit.json       {"exitCode", "signal", "finishedAt", "reason", "message"}   shim
 
 This module deliberately imports nothing beyond the standard library and the
@@ -50,11 +56,12 @@ import sys
 import time
 import traceback
 import warnings  # noqa: F401 - os.execvpe imports it lazily; after pivot_root no import can succeed
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from agent.runtime import rootfs
+from agent.runtime import logs as _logs
+from agent.runtime import rootfs, security
 from agent.runtime import syscalls as sc
 from agent.runtime.cgroups import CgroupDriver, Limits, driver_from_spec
 
@@ -98,7 +105,7 @@ class ContainerConfig:
     pod_namespace: str
     pod_name: str
     name: str  # container name in the pod
-    image: str  # only "host" is supported for now
+    image: str  # "host", or an image from the node's store whose layers are ``layer_dirs``
     argv: list[str]  # command + args already resolved
     env: dict[str, str]
     working_dir: str  # "" means "/"
@@ -107,6 +114,19 @@ class ContainerConfig:
     cpu_limit_millis: int | None
     cpu_request_millis: int | None
     pids_limit: int | None
+    # Security context (fields with defaults: config.json files written before
+    # they existed still load). See security.py for what each one does.
+    privileged: bool = False
+    allow_privilege_escalation: bool | None = None  # None: no_new_privs (unless CAP_SYS_ADMIN)
+    capabilities_add: list[str] = field(default_factory=list)  # "NET_ADMIN", "CAP_NET_ADMIN" or "ALL"
+    capabilities_drop: list[str] = field(default_factory=list)
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    read_only_root_filesystem: bool = False
+    seccomp_unconfined: bool = False  # securityContext.seccompProfile.type: Unconfined
+    host_users: bool = True  # spec.hostUsers; False: the pod gets its own user namespace
+    # The image's unpacked layers, lowest first (empty for "host"); the overlay's lower dirs.
+    layer_dirs: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -121,8 +141,9 @@ class ContainerConfig:
     def from_dict(cls, data: dict[str, Any]) -> ContainerConfig:
         """Build from a dict; raises ``ValueError`` naming the field on bad input."""
         names = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
         unknown = sorted(set(data) - names)
-        missing = sorted(names - set(data))
+        missing = sorted(required - set(data))
         if unknown or missing:
             raise ValueError(f"container config: unknown fields {unknown}, missing fields {missing}")
         argv = data["argv"]
@@ -138,7 +159,32 @@ class ContainerConfig:
             v = data[name]
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
                 raise ValueError(f"container config: {name} must be a positive integer or null")
-        return cls(**{**data, "argv": list(argv), "env": dict(env)})
+        for name in ("privileged", "read_only_root_filesystem", "seccomp_unconfined", "host_users"):
+            if name in data and not isinstance(data[name], bool):
+                raise ValueError(f"container config: {name} must be a boolean")
+        if data.get("allow_privilege_escalation") not in (None, True, False):
+            raise ValueError("container config: allow_privilege_escalation must be a boolean or null")
+        for name in ("run_as_user", "run_as_group"):
+            v = data.get(name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**32 - 1):
+                raise ValueError(f"container config: {name} must be an integer from 0 to 4294967294 or null")
+        caps: dict[str, list[str]] = {}
+        layers = data.get("layer_dirs", [])
+        if not isinstance(layers, (list, tuple)) or not all(isinstance(x, str) and x.startswith("/") for x in layers):
+            raise ValueError("container config: layer_dirs must be a list of absolute paths")
+        if data["image"] != "host" and not layers:
+            raise ValueError(f"container config: image {data['image']!r} has no layer_dirs")
+        for name in ("capabilities_add", "capabilities_drop"):
+            v = data.get(name, [])
+            if not isinstance(v, (list, tuple)) or not all(isinstance(c, str) for c in v):
+                raise ValueError(f"container config: {name} must be a list of strings")
+            for c in v:
+                try:
+                    security.capability_name(c)
+                except ValueError as e:
+                    raise ValueError(f"container config: {name}: {e}") from None
+            caps[name] = list(v)
+        return cls(**{**data, "argv": list(argv), "env": dict(env), **caps})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ContainerConfig:
@@ -213,36 +259,62 @@ def proc_start_time(pid: int) -> int | None:
 # ---------------------------------------------------------------- the child
 
 
-def _child(config: ConfigBundle, error_fd: int) -> None:
+def _child(config: ConfigBundle, error_fd: int, stdio: _logs.StdioPipes) -> None:
     """Runs in the forked child (PID 1 of the new PID namespace); never returns."""
     step = "start"
     try:
         step = "join cgroup"
         os.setsid()
         config.driver.add_self(config.cgroup)
+        step = "join pod sandbox"
+        # Opened now: after pivot_root the sandbox's files are out of sight.
+        ns_fds = {kind: os.open(path, os.O_RDONLY | os.O_CLOEXEC) for kind, path in config.namespaces.items()}
+        for kind in ("net", "uts", "ipc"):
+            if kind in ns_fds:
+                sc.setns(ns_fds[kind], _NAMESPACE_FLAGS[kind])
         step = "unshare namespaces"
-        sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP)
-        step = "set hostname"
-        sc.sethostname(config.container.uts_hostname)
-        step = "open log"
-        # Opened before pivot_root: afterwards the state dir is out of sight.
-        log_fd = os.open(config.dir / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        own = sc.CLONE_NEWNS | sc.CLONE_NEWCGROUP
+        own |= 0 if "uts" in ns_fds else sc.CLONE_NEWUTS
+        own |= 0 if "ipc" in ns_fds else sc.CLONE_NEWIPC
+        sc.unshare(own)
+        if "uts" not in ns_fds:  # a container started before sandboxes existed
+            step = "set hostname"
+            sc.sethostname(config.container.uts_hostname)
+        step = "open stdin"
+        # Opened before pivot_root; stdout and stderr are the shim's log pipes (logs.py).
         null_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         step = "build rootfs"
-        rootfs.enter_host_rootfs(rootfs.RootfsSpec(
+        c = config.container
+        rootfs.enter_rootfs(rootfs.RootfsSpec(
             rootfs=config.dir / ROOTFS_DIR,
-            hostname=config.container.uts_hostname,
-            working_dir=config.container.working_dir or "/",
+            hostname=c.uts_hostname,
+            working_dir=c.working_dir or "/",
+            privileged=c.privileged,
+            read_only=c.read_only_root_filesystem,
+            mount_sysfs="net" in ns_fds,
+            owner=(config.host_id, config.host_id),
+            layers=tuple(c.layer_dirs),
+            state_dir=config.dir,
         ))
+        if "user" in ns_fds:
+            # Last, after everything that needs host root: from here on the
+            # process is root only in the pod's user namespace. The mount,
+            # PID and cgroup namespaces stay owned by the host's, so even the
+            # container's root cannot change its mounts.
+            step = "join user namespace"
+            sc.setns(ns_fds["user"], sc.CLONE_NEWUSER)
         step = "exec"
         env = config.container.exec_env()
         argv = config.container.argv
         os.dup2(null_fd, 0)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
+        os.dup2(stdio.stdout_w, 1)
+        os.dup2(stdio.stderr_w, 2)
         for sig in _RESET_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        step = "restrict privileges"
+        security.restrict_current_process(config.container)
+        step = "exec"
         try:
             os.execvpe(argv[0], argv, env)
         except OSError as e:
@@ -259,22 +331,33 @@ def _child(config: ConfigBundle, error_fd: int) -> None:
 # ---------------------------------------------------------------- the shim
 
 
+_NAMESPACE_FLAGS = {"user": sc.CLONE_NEWUSER, "net": sc.CLONE_NEWNET, "uts": sc.CLONE_NEWUTS,
+                    "ipc": sc.CLONE_NEWIPC}
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigBundle:
     dir: Path
     container: ContainerConfig
     cgroup: str
     driver: CgroupDriver
+    namespaces: dict[str, str] = field(default_factory=dict)  # kind -> nsfs file of the pod sandbox
+    host_id: int = 0  # host uid/gid of the container's root (0 without a user namespace)
 
 
 def _load(state_dir: Path) -> ConfigBundle:
     container = ContainerConfig.from_json((state_dir / CONFIG_FILE).read_text())
     runtime = json.loads((state_dir / RUNTIME_FILE).read_text())
+    sandbox = runtime.get("sandbox") or {}
+    namespaces = {k: str(v) for k, v in (sandbox.get("namespaces") or {}).items() if k in _NAMESPACE_FLAGS}
+    idmap = sandbox.get("idmap")
     return ConfigBundle(
         dir=state_dir,
         container=container,
         cgroup=runtime["cgroup"],
         driver=driver_from_spec(runtime.get("driver")),
+        namespaces=namespaces,
+        host_id=int(idmap["hostID"]) if idmap else 0,
     )
 
 
@@ -329,7 +412,9 @@ def run(state_dir: Path) -> int:
     """The shim proper, after daemonizing. Returns the shim's own exit status."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    write_text_atomic(state_dir / SHIM_PID_FILE, f"{os.getpid()}\n")
+    # The pid, and its kernel start time so a recycled pid is never taken for this shim
+    # (a shim forked by the fork server has the fork server's command line, so that can't tell).
+    write_text_atomic(state_dir / SHIM_PID_FILE, f"{os.getpid()} {proc_start_time(os.getpid())}\n")
     try:
         bundle = _load(state_dir)
     except Exception as e:  # noqa: BLE001 - a broken state dir is a start error, not a crash
@@ -348,11 +433,13 @@ def run(state_dir: Path) -> int:
         return 1
 
     err_r, err_w = os.pipe()  # both ends O_CLOEXEC (PEP 446): exec closes the child's copy
+    stdio = _logs.StdioPipes.open()  # the container's stdout and stderr, read by supervise() below
     pid = os.fork()
     if pid == 0:
         os.close(err_r)
-        _child(bundle, err_w)
+        _child(bundle, err_w, stdio)
     os.close(err_w)
+    stdio.close_child_ends()
     # EOF with no text: exec closed the pipe. (A child killed by a signal
     # before exec, e.g. by the OOM killer under a tiny limit, also gives EOF;
     # it is then reported as a run that died of that signal, which it was.)
@@ -373,7 +460,9 @@ def run(state_dir: Path) -> int:
     log.info("container %s (pod %s/%s): started pid %d", cid, bundle.container.pod_namespace,
              bundle.container.pod_name, pid)
 
-    _, status = os.waitpid(pid, 0)
+    # Copy the container's output into its CRI log until it exits; exit.json
+    # comes after the last log write, so a reader seeing it has the whole log.
+    status = _logs.supervise(pid, stdio, state_dir / LOG_FILE)
     record = _exit_record(bundle, status)
     write_json_atomic(state_dir / EXIT_FILE, record)
     log.info("container %s: exited code=%s reason=%s", cid, record["exitCode"], record["reason"])

@@ -7,7 +7,8 @@ code above reads like the man pages. Every wrapper raises ``OSError`` with the
 errno and a message naming the call and its path, e.g.
 ``OSError(EINVAL, "pivot_root('/x', '/x/.old'): Invalid argument")``.
 
-Nothing here decides anything: ``rootfs.py`` and ``shim.py`` compose these calls.
+Nothing here decides anything: ``rootfs.py``, ``security.py``, ``sandbox.py`` and
+``shim.py`` compose these calls.
 """
 
 from __future__ import annotations
@@ -40,9 +41,20 @@ __all__ = [
     "MS_SHARED",
     "MS_SLAVE",
     "MS_STRICTATIME",
+    "PR_CAPBSET_DROP",
+    "PR_CAPBSET_READ",
+    "PR_CAP_AMBIENT",
+    "PR_CAP_AMBIENT_CLEAR_ALL",
+    "PR_GET_NO_NEW_PRIVS",
+    "PR_SET_KEEPCAPS",
+    "PR_SET_NO_NEW_PRIVS",
+    "capget",
+    "capset",
     "mount",
     "pivot_root",
+    "prctl",
     "sethostname",
+    "setns",
     "umount2",
     "unshare",
 ]
@@ -76,6 +88,18 @@ MS_STRICTATIME = 1 << 24
 MNT_FORCE = 1
 MNT_DETACH = 2
 
+# <linux/prctl.h>
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# <linux/capability.h>: version 3 takes two 32-bit words per set (64 capabilities).
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
 # glibc has no pivot_root wrapper, so it goes through syscall(2) by number.
 _SYS_PIVOT_ROOT = {
     "x86_64": 155,
@@ -95,6 +119,24 @@ _libc.umount2.restype = ctypes.c_int
 _libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 _libc.sethostname.restype = ctypes.c_int
 _libc.syscall.restype = ctypes.c_long
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.setns.restype = ctypes.c_int
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.prctl.restype = ctypes.c_int
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+_libc.capget.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
+_libc.capget.restype = ctypes.c_int
+_libc.capset.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
+_libc.capset.restype = ctypes.c_int
 
 
 def _fail(call: str) -> OSError:
@@ -160,3 +202,49 @@ def sethostname(name: str) -> None:
     raw = name.encode()
     if _libc.sethostname(raw, len(raw)) != 0:
         raise _fail(f"sethostname({name!r})")
+
+
+def setns(fd: int, nstype: int) -> None:
+    """``setns(2)``: move the calling thread into the namespace ``fd`` refers to.
+
+    Gotchas: a user namespace can only be joined by a single-threaded process
+    whose fs information is not shared; joining one's own user namespace again
+    is EINVAL. A mount namespace likewise needs an unshared fs (EINVAL).
+    """
+    if _libc.setns(fd, nstype) != 0:
+        raise _fail(f"setns({fd}, {nstype:#x})")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    """``prctl(2)``; returns the call's non-negative result."""
+    rc = _libc.prctl(option, arg2, arg3, arg4, arg5)
+    if rc < 0:
+        raise _fail(f"prctl({option}, {arg2}, {arg3})")
+    return int(rc)
+
+
+def capget() -> tuple[int, int, int]:
+    """``capget(2)`` of the calling thread: (effective, permitted, inheritable) as 64-bit masks."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if _libc.capget(ctypes.byref(header), data) != 0:
+        raise _fail("capget")
+    return (data[0].effective | data[1].effective << 32,
+            data[0].permitted | data[1].permitted << 32,
+            data[0].inheritable | data[1].inheritable << 32)
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """``capset(2)`` of the calling thread, with 64-bit masks (bit n = capability n).
+
+    Gotcha: it only ever narrows ``permitted``; ``effective`` must be a subset
+    of the new ``permitted`` (EPERM otherwise).
+    """
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in (0, 1):
+        data[i].effective = (effective >> (32 * i)) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> (32 * i)) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> (32 * i)) & 0xFFFFFFFF
+    if _libc.capset(ctypes.byref(header), data) != 0:
+        raise _fail(f"capset(effective={effective:#x}, permitted={permitted:#x}, inheritable={inheritable:#x})")
