@@ -31,6 +31,26 @@ install() {
   fi
 }
 
+# Debian packages the tests use for real parts: busybox-static (the test image's binary),
+# docker-registry (a real OCI registry on loopback), zstd (zstd-compressed layers).
+test_packages() {
+  local missing=()
+  [ -x /bin/busybox ] || missing+=(busybox-static)
+  [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
+  command -v zstd >/dev/null || missing+=(zstd)
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    # policy-rc.d keeps the packaged registry service from starting: the tests run their own.
+    local own_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+      own_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d
+  fi
+}
+
 case "${1:-}" in
   up)
     install
@@ -38,6 +58,7 @@ case "${1:-}" in
     ;;
   test)
     install
+    test_packages
     shift
     exec "$VENV/bin/python" -m pytest "$@"
     ;;

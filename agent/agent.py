@@ -41,7 +41,10 @@ from agent.reconcile import (
     same_status,
     uid_of,
 )
-from agent.runtime.runtime import ContainerConfig, ContainerState, ContainerStatus, Runtime
+from agent.images import Image, ImageStore, parse_reference
+from agent.images.config import merge_env, resolve_argv, resolve_user, resolve_working_dir, verify_run_as_non_root
+from agent.images.errors import ContainerConfigError
+from agent.runtime.runtime import HOST_IMAGE, ContainerConfig, ContainerState, ContainerStatus, Runtime
 from apimachinery.errors import OrchError
 from apimachinery.meta import Obj, now_rfc3339, parse_rfc3339
 from apimachinery.pb import node_pb2 as pb
@@ -68,9 +71,15 @@ class NodeConfig:
     labels: dict[str, str] = field(default_factory=dict)
     address: str = "127.0.0.1"
     pod_pids_limit: int = 4096
+    # Registries (HOST:PORT) spoken to over plain HTTP; loopback ones always are, as in Docker.
+    insecure_registries: tuple[str, ...] = ()
     # Kept back for the system and the agent itself, as kubelet's --system-reserved.
     reserved_cpu_millis: int = 0
     reserved_memory_bytes: int = 0
+    # Where the NodeAgent API (logs, exec; agent/server.py) listens, and the
+    # HOST:PORT reported at registration once it does.
+    listen: str = "127.0.0.1:0"
+    endpoint: str = ""
 
 
 class Agent:
@@ -95,6 +104,7 @@ class Agent:
         self._states: list[ContainerState] = []
         # Stops wait out grace periods; many pods may stop at once, so size for that.
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="runtime")
+        self.images = ImageStore(config.state_dir / "images")
 
     # --- records -------------------------------------------------------------
 
@@ -130,6 +140,7 @@ class Agent:
                        pb.NodeAddress(type="Hostname", address=c.name)],
             agent_version=AGENT_VERSION, kernel_version=os.uname().release,
             cgroup_driver=type(self.runtime.driver).__name__ if hasattr(self.runtime, "driver") else "",
+            agent_endpoint=c.endpoint,
         )
 
     async def connection_loop(self) -> None:
@@ -232,22 +243,67 @@ class Agent:
             self.busy.discard(action.pod_uid)
             self.wake.set()
 
-    def container_config(self, pod: Obj, container: Obj) -> ContainerConfig:
-        env: dict[str, str] = {}
+    def container_config(self, pod: Obj, container: Obj, image: Image | None = None) -> ContainerConfig:
+        """The runtime's config for ``container``: Kubernetes' rules for the image's Entrypoint,
+        Cmd, Env, WorkingDir and User, and the pod's and container's securityContext."""
+        image_config = image.config if image is not None else None
+        env: dict[str, str] = dict(merge_env(image_config.env, {})) if image_config else {}
         for item in container.get("env", []):
             env[item["name"]] = expand(str(item.get("value", "")), env)
-        argv = [expand(a, env) for a in [*container.get("command", []), *container.get("args", [])]]
+        # $(VAR) expands in the pod's command and args only, never in the image's.
+        command = [expand(a, env) for a in container.get("command", [])]
+        args = [expand(a, env) for a in container.get("args", [])]
+        if image_config is not None:
+            argv = resolve_argv(image_config, command, args)
+            working_dir = resolve_working_dir(image_config, container.get("workingDir"))
+        else:
+            argv, working_dir = [*command, *args], container.get("workingDir", "")
+        if not argv:
+            raise ContainerConfigError(f'container {container["name"]}: image "{container["image"]}" has no '
+                                       "default command; set command")
+        pod_sc = pod["spec"].get("securityContext") or {}
+        sc = container.get("securityContext") or {}
+        run_as_user = sc.get("runAsUser", pod_sc.get("runAsUser"))
+        run_as_group = sc.get("runAsGroup", pod_sc.get("runAsGroup"))
+        run_as_non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+        layer_dirs: list[str] = []
+        if image is not None and image_config is not None:
+            layers = self.images.layer_dirs(image)
+            layer_dirs = [str(p) for p in layers]
+            verify_run_as_non_root(image_config, run_as_user, run_as_non_root)
+            run_as_user, run_as_group = resolve_user(image_config, run_as_user, run_as_group, layers)
+        elif run_as_non_root and not run_as_user:
+            raise ContainerConfigError(f"container {container['name']}: runAsNonRoot is set, but the host image "
+                                       "runs as root; set runAsUser")
+        caps = sc.get("capabilities") or {}
         cpu_limit, mem_limit = container_limits(container)
         cpu_request = container.get("resources", {}).get("requests", {}).get("cpu")
         md = pod["metadata"]
         return ContainerConfig(
             id=secrets.token_hex(32), pod_uid=md["uid"], pod_namespace=md["namespace"], pod_name=md["name"],
             name=container["name"], image=container["image"], argv=argv, env=env,
-            working_dir=container.get("workingDir", ""), hostname=pod["spec"].get("hostname") or md["name"],
+            working_dir=working_dir, hostname=pod["spec"].get("hostname") or md["name"],
             memory_limit_bytes=mem_limit, cpu_limit_millis=cpu_limit,
             cpu_request_millis=parse_cpu(cpu_request) if cpu_request is not None else None,
             pids_limit=self.config.pod_pids_limit,
+            privileged=bool(sc.get("privileged", False)),
+            allow_privilege_escalation=sc.get("allowPrivilegeEscalation"),
+            capabilities_add=list(caps.get("add", [])), capabilities_drop=list(caps.get("drop", [])),
+            run_as_user=run_as_user, run_as_group=run_as_group,
+            read_only_root_filesystem=bool(sc.get("readOnlyRootFilesystem", False)),
+            host_users=pod["spec"].get("hostUsers", True) is not False,
+            layer_dirs=layer_dirs,
         )
+
+    def _ensure_image(self, container: Obj) -> Image | None:
+        """The container's image from the node's store, pulled per imagePullPolicy (blocking)."""
+        reference = container["image"]
+        if reference == HOST_IMAGE:
+            return None
+        host = parse_reference(reference).api_host
+        # Like Docker, a registry on loopback (or one named with --insecure-registry) is spoken to over HTTP.
+        insecure = host.split(":")[0] in ("localhost", "127.0.0.1", "[::1]") or host in self.config.insecure_registries
+        return self.images.ensure(reference, container.get("imagePullPolicy"), insecure_http=insecure)
 
     async def _start(self, action: StartContainer) -> None:
         pod = self.desired.get(action.pod_uid)
@@ -262,17 +318,20 @@ class Agent:
             crec.restart_count += 1
         self._save_record(action.pod_uid)
         spec = next(c for c in pod["spec"]["containers"] if c["name"] == action.container)
+        loop = asyncio.get_running_loop()
         try:
-            cfg = self.container_config(pod, spec)
-            if not cfg.argv:
-                raise OrchError(f'container {spec["name"]}: image "{spec["image"]}" has no default command; '
-                                "set command")
-            await asyncio.get_running_loop().run_in_executor(self.pool, self.runtime.start, cfg)
-            crec.last_error = crec.last_error_at = None
+            image = await loop.run_in_executor(self.pool, self._ensure_image, spec)
+            cfg = self.container_config(pod, spec, image)
+            await loop.run_in_executor(self.pool, self.runtime.start, cfg)
+            crec.last_error = crec.last_error_at = crec.last_error_reason = None
+            crec.start_failures = 0
             log.info("node %s: started container %s of pod %s/%s", self.config.name, spec["name"],
                      pod["metadata"]["namespace"], pod["metadata"]["name"])
-        except (OrchError, OSError) as e:
+        except (OrchError, OSError, ValueError) as e:
+            # The container was never created: nothing is left half-built, and the pod says why.
             crec.last_error, crec.last_error_at = str(e), time.time()
+            crec.last_error_reason = getattr(e, "reason", None) or "CreateContainerError"
+            crec.start_failures += 1
             log.warning("node %s: pod %s/%s container %s failed to start: %s", self.config.name,
                         pod["metadata"]["namespace"], pod["metadata"]["name"], spec["name"], e)
         self._save_record(action.pod_uid)

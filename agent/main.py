@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 from agent.agent import Agent, NodeConfig
+from agent.runtime.logs import LogPolicy
 from agent.runtime.runtime import Runtime
+from agent.server import start_server
 from apimachinery.quantity import QuantityError, parse_cpu, parse_memory
 from apimachinery.tasks import TaskGroup
 
@@ -53,6 +55,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pod-pids-limit", type=int, default=4096, help="pids.max of every container")
     p.add_argument("--labels", type=parse_labels, default={}, help="node labels k=v,k2=v2")
     p.add_argument("--address", default="127.0.0.1", help="the node's InternalIP")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
+                   help="a registry to pull from over plain HTTP (loopback registries always are); repeatable")
+    p.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="where to serve container logs and exec to schedulers (default: a free port on "
+                        "loopback; reported to the scheduler at registration)")
+    p.add_argument("--container-log-max-size", default="10Mi", metavar="QUANTITY",
+                   help="rotate a container's log when it reaches this size (default 10Mi), like kubelet's")
+    p.add_argument("--container-log-max-files", type=int, default=5, metavar="N",
+                   help="log files kept per container, the current one included (default 5)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -64,6 +75,8 @@ async def run(config: NodeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Before the first registration: it reports where this listens.
+    server, api, config.endpoint = await start_server(agent, config.listen)
     tasks = TaskGroup()
     tasks.start("connection", agent.connection_loop())
     tasks.start("reconcile", agent.reconcile_loop())
@@ -75,6 +88,8 @@ async def run(config: NodeConfig) -> None:
         # restarted agent adopts them.
         log.info("node %s: agent stopping; containers keep running", config.name)
         await tasks.cancel()
+        await server.stop(grace=1)
+        api.close()
         agent.pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -100,10 +115,18 @@ def main(argv: list[str] | None = None) -> int:
                         cgroup_root=args.cgroup_root, cpu_millis=cpu, memory_bytes=memory,
                         max_pods=args.max_pods, labels=args.labels, address=args.address,
                         pod_pids_limit=args.pod_pids_limit, reserved_cpu_millis=reserved_cpu,
-                        reserved_memory_bytes=reserved_memory)
+                        reserved_memory_bytes=reserved_memory, listen=args.listen,
+                        insecure_registries=tuple(args.insecure_registry))
+    try:
+        policy = LogPolicy(parse_memory(args.container_log_max_size), args.container_log_max_files)
+    except (QuantityError, ValueError) as e:
+        log.error("--container-log-max-size/--container-log-max-files: %s", e)
+        return 2
+    # Shims read the log rotation policy from the environment they inherit (logs.py).
+    os.environ.update(policy.to_env())
     try:
         asyncio.run(run(config))
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:
         log.error("%s", e)
         return 1
     return 0

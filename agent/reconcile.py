@@ -32,6 +32,8 @@ class ContainerRecord:
     restart_count: int = 0
     last_error: str | None = None  # why the last start failed before the process ran
     last_error_at: float | None = None
+    last_error_reason: str | None = None  # the waiting reason it shows: ErrImagePull, CreateContainerError …
+    start_failures: int = 0  # failed starts in a row (they back off, but are not restarts)
 
 
 @dataclass(slots=True)
@@ -47,7 +49,9 @@ class PodRecord:
             "pod": self.pod,
             "startTime": self.start_time,
             "containers": {n: {"restartCount": c.restart_count, "lastError": c.last_error,
-                               "lastErrorAt": c.last_error_at} for n, c in self.containers.items()},
+                               "lastErrorAt": c.last_error_at, "lastErrorReason": c.last_error_reason,
+                               "startFailures": c.start_failures}
+                           for n, c in self.containers.items()},
         }
 
     @classmethod
@@ -55,7 +59,8 @@ class PodRecord:
         return cls(
             pod=data["pod"],
             start_time=data.get("startTime"),
-            containers={n: ContainerRecord(c.get("restartCount", 0), c.get("lastError"), c.get("lastErrorAt"))
+            containers={n: ContainerRecord(c.get("restartCount", 0), c.get("lastError"), c.get("lastErrorAt"),
+                                           c.get("lastErrorReason"), c.get("startFailures", 0))
                         for n, c in data.get("containers", {}).items()},
         )
 
@@ -170,9 +175,10 @@ def plan(desired: dict[str, Obj], records: dict[str, PodRecord], states: list[Co
                 actions.append(StopContainer(uid, current.config.id, grace))
                 continue
             if current is None:
-                if crec.last_error is None or now - (crec.last_error_at or 0) >= backoff(crec.restart_count + 1):
-                    # A start that failed before the process ran backs off like a crash.
-                    actions.append(StartContainer(uid, c["name"], restart=crec.last_error is not None))
+                # A start that failed before the process ran (an image pull, a bad config) backs
+                # off like a crash, but is not a restart: restartCount counts processes that ran.
+                if crec.last_error is None or now - (crec.last_error_at or 0) >= backoff(crec.start_failures):
+                    actions.append(StartContainer(uid, c["name"], restart=False))
                 continue
             if current.status is ContainerStatus.EXITED and wants_restart(policy, current.exit_code):
                 if restart_due(current, crec, now) <= 0:
@@ -235,7 +241,9 @@ def pod_status(pod: Obj, record: PodRecord, states: list[ContainerState], now: f
         cs: Obj = {"name": c["name"], "image": c["image"], "imageID": "", "restartCount": crec.restart_count,
                    "ready": False, "started": False}
         if cur is None:
-            reason = "CreateContainerError" if crec.last_error else "ContainerCreating"
+            reason = (crec.last_error_reason or "CreateContainerError") if crec.last_error else "ContainerCreating"
+            if reason == "ErrImagePull" and crec.start_failures > 1:
+                reason = "ImagePullBackOff"  # as the kubelet says once failed pulls are being retried
             cs["state"] = {"waiting": {"reason": reason, **({"message": crec.last_error} if crec.last_error else {})}}
             waiting += 1
         else:

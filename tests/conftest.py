@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.registry_fixture import registry  # noqa: F401 - a shared fixture: a real OCI registry
+
 REPO = Path(__file__).resolve().parent.parent
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates namespaces and cgroups")

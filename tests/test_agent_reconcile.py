@@ -173,14 +173,26 @@ def test_never_never_restarts(code: int) -> None:
     assert run_plan([pod], [exited(pod, code=code)], now=T0 + 10_000) == []
 
 
-def test_a_failed_start_backs_off_like_a_crash() -> None:
+def test_a_failed_start_backs_off_like_a_crash_but_is_no_restart() -> None:
     pod = make_pod()
-    records = {"u1": record(pod, 0, last_error="image has no default command", last_error_at=T0)}
+    records = {"u1": record(pod, 0, last_error="image has no default command", last_error_at=T0, start_failures=1)}
     assert run_plan([pod], [], now=T0 + 9, records=records) == []
-    assert run_plan([pod], [], now=T0 + 10, records=records) == [StartContainer("u1", "app", restart=True)]
-    records = {"u1": record(pod, 2, last_error="still broken", last_error_at=T0)}
+    # Retried after the back-off; not a restart (restartCount counts processes that ran, as in Kubernetes).
+    assert run_plan([pod], [], now=T0 + 10, records=records) == [StartContainer("u1", "app", restart=False)]
+    records = {"u1": record(pod, 0, last_error="still broken", last_error_at=T0, start_failures=3)}
     assert run_plan([pod], [], now=T0 + 39, records=records) == []
-    assert run_plan([pod], [], now=T0 + 40, records=records) == [StartContainer("u1", "app", restart=True)]
+    assert run_plan([pod], [], now=T0 + 40, records=records) == [StartContainer("u1", "app", restart=False)]
+
+
+def test_a_failed_pull_is_err_image_pull_then_image_pull_back_off() -> None:
+    pod = make_pod()
+    for failures, reason in ((1, "ErrImagePull"), (2, "ImagePullBackOff")):
+        rec = record(pod, 0, last_error="pull failed", last_error_at=T0, last_error_reason="ErrImagePull",
+                     start_failures=failures)
+        status = pod_status(pod, rec, [], T0 + 1)
+        waiting = status["containerStatuses"][0]["state"]["waiting"]
+        assert waiting == {"reason": reason, "message": "pull failed"}
+        assert status["containerStatuses"][0]["restartCount"] == 0 and status["phase"] == "Pending"
 
 
 # --- plan: which instance is current -----------------------------------------------------
