@@ -7,13 +7,14 @@ plain functions. The scheduler and agents use ``grpc.aio`` instead.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
 
-from apimachinery.errors import from_rpc_error
+from apimachinery.errors import OrchError, from_rpc_error
 from apimachinery.meta import Obj
+from apimachinery.pb import agent_pb2
 from apimachinery.pb import cluster_pb2 as pb
 from apimachinery.pb import cluster_pb2_grpc as pb_grpc
 
@@ -80,3 +81,62 @@ class ClusterClient:
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 return
             raise from_rpc_error(e) from e
+
+    # --- logs and exec: streamed through the scheduler to the pod's node ---------
+
+    def logs(self, namespace: str, pod: str, container: str = "", *, follow: bool = False,
+             tail: int | None = None, previous: bool = False, timestamps: bool = False,
+             since_seconds: int | None = None) -> Iterator[agent_pb2.LogEntry]:
+        """The container's log entries; with ``follow``, until the container exits (no deadline)."""
+        req = agent_pb2.LogsRequest(namespace=namespace, pod=pod, container=container, follow=follow,
+                                    previous=previous, timestamps=timestamps)
+        if tail is not None:
+            req.tail_lines = tail
+        if since_seconds is not None:
+            req.since_seconds = since_seconds
+        call = self._stub.PodLogs(req)
+        try:
+            for chunk in call:
+                yield from chunk.entries
+        except grpc.RpcError as e:
+            raise _stream_error(e) from e
+        finally:
+            call.cancel()
+
+    def exec(self, namespace: str, pod: str, container: str, command: Sequence[str], *,
+             stdin: Iterable[bytes | tuple[int, int]] | None = None, tty: bool = False,
+             terminal_size: tuple[int, int] | None = None) -> Iterator[agent_pb2.ExecOutput]:
+        """Run ``command`` in the container: its outputs, the last one carrying the ``result``.
+
+        ``stdin`` yields bytes to send, or ``(rows, cols)`` when the terminal is
+        resized; when it ends, the command's stdin is closed. Without it the
+        command reads nothing.
+        """
+        start = agent_pb2.ExecStart(namespace=namespace, pod=pod, container=container, command=command,
+                                    stdin=stdin is not None, tty=tty)
+        if terminal_size is not None:
+            start.terminal_size.rows, start.terminal_size.cols = terminal_size
+
+        def requests() -> Iterator[agent_pb2.ExecInput]:
+            yield agent_pb2.ExecInput(start=start)
+            for item in stdin or ():
+                if isinstance(item, tuple):
+                    yield agent_pb2.ExecInput(resize=agent_pb2.TerminalSize(rows=item[0], cols=item[1]))
+                elif item:
+                    yield agent_pb2.ExecInput(stdin=item)
+            yield agent_pb2.ExecInput(close_stdin=True)
+
+        call = self._stub.PodExec(requests())
+        try:
+            yield from call
+        except grpc.RpcError as e:
+            raise _stream_error(e) from e
+        finally:
+            call.cancel()
+
+
+def _stream_error(e: grpc.RpcError) -> OrchError:
+    """The OrchError for a failed logs or exec stream; FAILED_PRECONDITION keeps the server's words."""
+    if hasattr(e, "code") and e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+        return OrchError(e.details())
+    return from_rpc_error(e)

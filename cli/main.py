@@ -5,27 +5,35 @@
     orchctl describe KIND [NAME...] [-A] [-l SELECTOR]
     orchctl delete (KIND NAME... | KIND -l SELECTOR | KIND --all | -f FILE|DIR|-) [--grace-period N]
                    [--wait|--no-wait] [--timeout S] [--ignore-not-found]
+    orchctl logs POD [-c CONTAINER] [-f] [--tail N] [-p|--previous] [--timestamps] [--since DURATION]
+    orchctl exec POD [-c CONTAINER] [-i] [-t] -- COMMAND [ARG...]
     orchctl lab up [--nodes N] [--dir DIR] [--apply FILE] | lab down [--dir DIR] | lab status [-o json]
 
 Global options go before or after the verb: ``--server HOST:PORT``, ``--config
 PATH``, ``-n NAMESPACE``, ``--request-timeout S``, ``-v``.
 
 Exit codes: 0 success, 1 an error (printed to stderr as ``error: …``), 2 a usage
-error, 130 interrupted. Output meant for people (progress while waiting) goes to
+error, 130 interrupted; ``exec`` exits with the command's own exit code. Output meant for people (progress while waiting) goes to
 stderr and only when stderr is a terminal, so pipes see nothing but the result.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
 import os
+import queue
 import re
+import signal
 import sys
+import termios
+import threading
 import time
-from collections.abc import Callable, Sequence
+import tty as ttymod
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -108,6 +116,23 @@ def _positive_float(text: str) -> float:
     return value
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+
+
+def _duration(text: str) -> float:
+    """Seconds in a Go-style duration: ``30s``, ``5m``, ``1h30m``, ``1.5h`` (a bare number is seconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        parts = _DURATION.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise argparse.ArgumentTypeError(f"invalid duration {text!r}: expected e.g. 30s, 5m, 1h30m") from None
+        value = sum(float(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must not be negative")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -184,6 +209,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long --wait waits")
     p.add_argument("--ignore-not-found", action="store_true", help="an object that does not exist is no error")
     p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("logs", parents=[common], help="print the logs of a container in a pod",
+                       usage=f"{PROG} logs POD [-c CONTAINER] [options]",
+                       description="Print a container's output (stdout and stderr), as kept on its node.")
+    p.add_argument("pod", metavar="POD", help="the pod's name, or pod/NAME")
+    p.add_argument("-c", "--container", default="", help="the container (default: the pod's only one)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the container exits")
+    p.add_argument("--tail", type=int, default=-1, metavar="N", help="only the last N lines (default -1: all)")
+    p.add_argument("-p", "--previous", action="store_true",
+                   help="the previous instance of the container (before its last restart)")
+    p.add_argument("--timestamps", action="store_true", help="prefix every line with its RFC3339 timestamp")
+    p.add_argument("--since", type=_duration, metavar="DURATION",
+                   help="only lines newer than this, e.g. 10s, 5m, 1h30m")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("exec", parents=[common], help="run a command in a container",
+                       usage=f"{PROG} exec POD [-c CONTAINER] [-i] [-t] -- COMMAND [ARG...]",
+                       description="Run a command in a running container; exit with its exit code.")
+    p.add_argument("pod", metavar="POD", help="the pod's name, or pod/NAME")
+    p.add_argument("exec_argv", nargs="*", metavar="COMMAND", help="after --: the command and its arguments")
+    p.add_argument("-c", "--container", default="", help="the container (default: the pod's only one)")
+    p.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the command")
+    p.add_argument("-t", "--tty", action="store_true", help="run the command on a terminal (with -i: interactive)")
+    p.set_defaults(func=cmd_exec)
 
     lab = sub.add_parser("lab", parents=[common], help="run a whole cluster on this machine",
                          description="Start, inspect or tear down a lab cluster: etcd, a scheduler, N agents.")
@@ -773,6 +822,152 @@ def wait_deleted(client: ClusterClient, deleted: Sequence[tuple[Target, str]], t
         progress.done()
 
 
+# --- logs and exec -------------------------------------------------------------------
+
+
+def _pod_name(word: str, command: str) -> str:
+    kind, sep, name = word.partition("/")
+    if not sep:
+        return word
+    if resolve_kind(kind).kind != "Pod" or not name:
+        raise UsageError(f"{command} takes a pod: POD or pod/NAME, not {word!r}", command)
+    return name
+
+
+def choose_container(pod: Obj, explicit: str) -> str:
+    """The container ``-c`` names, the pod's default-container annotation, or its only container."""
+    md = pod.get("metadata") or {}
+    names = [str(c.get("name")) for c in (pod.get("spec") or {}).get("containers") or []]
+    if explicit:
+        if explicit not in names:
+            raise CliError(f"container {explicit} is not valid for pod {md.get('name')}")
+        return explicit
+    default = (md.get("annotations") or {}).get("kubectl.kubernetes.io/default-container")
+    if default in names:
+        return str(default)
+    if len(names) == 1:
+        return names[0]
+    raise CliError(f"a container name must be specified for pod {md.get('name')}, "
+                   f"choose one of: [{' '.join(names)}]")
+
+
+def _target(session: Session, command: str) -> tuple[str, str]:
+    """The pod's name and the container to use, checked against the pod."""
+    name = _pod_name(session.args.pod, command)
+    try:
+        pod = session.client.get("Pod", name, session.namespace)
+    except NotFoundError:
+        raise CliError(printers.not_found_message(KINDS["Pod"], name)) from None
+    return name, choose_container(pod, session.args.container)
+
+
+def _write_bytes(stream: TextIO, data: bytes) -> None:
+    stream.flush()
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        buffer.write(data)
+        buffer.flush()
+    else:
+        stream.write(data.decode(errors="replace"))
+        stream.flush()
+
+
+def _proxied(e: UnavailableError) -> CliError:
+    # The cluster answered (the pod was read first): unavailable is the node's agent.
+    return CliError(str(e))
+
+
+def cmd_logs(session: Session) -> int:
+    args = session.args
+    name, container = _target(session, "logs")
+    tail = args.tail if args.tail >= 0 else None
+    since = int(args.since + 0.999) if args.since is not None else None
+    try:
+        for entry in session.client.logs(session.namespace, name, container, follow=args.follow, tail=tail,
+                                         previous=args.previous, timestamps=args.timestamps,
+                                         since_seconds=since):
+            _write_bytes(sys.stdout, entry.content)
+    except UnavailableError as e:
+        raise _proxied(e) from e
+    return EXIT_OK
+
+
+def _terminal_size(fd: int) -> tuple[int, int] | None:
+    try:
+        size = os.get_terminal_size(fd)
+    except OSError:
+        return None
+    return size.lines, size.columns
+
+
+def _stdin_source(tty: bool) -> Iterator[bytes | tuple[int, int]]:
+    """Chunks of our stdin as they come (and terminal sizes on SIGWINCH); ends at end of file."""
+    items: queue.Queue[bytes | tuple[int, int]] = queue.Queue()
+    try:
+        fd: int | None = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    stdin_buffer: Any = getattr(sys.stdin, "buffer", None)
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(fd, 65536) if fd is not None else stdin_buffer.read1(65536)
+            except (OSError, ValueError):
+                data = b""
+            items.put(data)
+            if not data:
+                return
+
+    threading.Thread(target=read, name="exec-stdin", daemon=True).start()
+    if tty and fd is not None:
+        with contextlib.suppress(ValueError):  # not the main thread: no resizes then
+            signal.signal(signal.SIGWINCH, lambda _s, _f: items.put(_terminal_size(fd) or (0, 0)))
+    while (item := items.get()) != b"":
+        yield item
+
+
+def cmd_exec(session: Session) -> int:
+    args = session.args
+    command = list(args.exec_argv)
+    if not command:
+        raise UsageError("you must specify at least one command for the container", "exec")
+    name, container = _target(session, "exec")
+    tty = args.tty
+    stdin_fd = None
+    if tty and not (args.stdin and _isatty(sys.stdin)):
+        err("Unable to use a TTY - input is not a terminal or the right kind of file")
+        tty = False
+    if tty:
+        stdin_fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(stdin_fd) if stdin_fd is not None else None
+    code = EXIT_OK
+    try:
+        if stdin_fd is not None:
+            ttymod.setraw(stdin_fd)  # keystrokes (^C too) go to the command, as with kubectl exec -it
+        outputs = session.client.exec(session.namespace, name, container, command,
+                                      stdin=_stdin_source(tty) if args.stdin else None, tty=tty,
+                                      terminal_size=_terminal_size(stdin_fd) if stdin_fd is not None else None)
+        for output in outputs:
+            kind = output.WhichOneof("output")
+            if kind == "stdout":
+                _write_bytes(sys.stdout, output.stdout)
+            elif kind == "stderr":
+                _write_bytes(sys.stderr, output.stderr)
+            elif kind == "result":
+                code = output.result.exit_code
+                if output.result.error:
+                    raise CliError(output.result.error, code or EXIT_ERROR)
+    except UnavailableError as e:
+        raise _proxied(e) from e
+    finally:
+        if stdin_fd is not None and saved is not None:
+            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+    if code != EXIT_OK:
+        err(f"command terminated with exit code {code}")
+    return code
+
+
 # --- lab -----------------------------------------------------------------------------
 
 
@@ -936,10 +1131,39 @@ def _report(message: str) -> None:
     err(f"error: {message}")
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse; for ``exec``, everything after the first ``--`` is the command, untouched by argparse."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--" in argv:
+        cut = argv.index("--")
+        head, tail = argv[:cut], argv[cut + 1:]
+        if _verb(head) == "exec":
+            args = parser.parse_args(head)
+            args.exec_argv = [*args.exec_argv, *tail]
+            return args
+    return parser.parse_args(argv)
+
+
+_VALUED_GLOBALS = frozenset({"--server", "--config", "-n", "--namespace", "--request-timeout"})
+
+
+def _verb(argv: list[str]) -> str | None:
+    """The command word: the first argument that is neither a global option nor its value."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in _VALUED_GLOBALS:
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
     except SystemExit as e:
         # argparse exits for --help (0) and usage errors (2); a library entry point returns instead.
         return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)

@@ -39,9 +39,12 @@ def generate(out: pathlib.Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         for path in sorted(pathlib.Path(tmp).iterdir()):
             text = path.read_text()
-            # protoc writes flat imports ("import cluster_pb2"); make them
-            # package imports so the stubs live inside apimachinery.pb.
+            # protoc writes flat imports ("import agent_pb2 as agent__pb2" where
+            # one .proto imports another, "from agent_pb2 import *" for an
+            # `import public`); make them package imports so the stubs live
+            # inside apimachinery.pb.
             text = re.sub(r"^import (\w+_pb2) as", rf"from {PACKAGE} import \1 as", text, flags=re.M)
+            text = re.sub(r"^from (\w+_pb2) import", rf"from {PACKAGE}.\1 import", text, flags=re.M)
             (out / path.name).write_text(text)
         init = out / "__init__.py"
         init.write_text('"""Generated gRPC stubs; regenerate with `python proto/generate.py`."""\n')

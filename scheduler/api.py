@@ -7,6 +7,7 @@ with the field path in the message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
@@ -17,8 +18,10 @@ import grpc
 from apimachinery.errors import FieldError, NotFoundError, OrchError, ValidationError
 from apimachinery.labels import SelectorError, parse_selector
 from apimachinery.meta import KINDS, Kind, Obj, kind_for
+from apimachinery.pb import agent_pb2
 from apimachinery.pb import cluster_pb2 as pb
 from apimachinery.pb import cluster_pb2_grpc as pb_grpc
+from scheduler.proxy import AgentProxy
 from scheduler.registry import Registry
 from scheduler.store import Store
 
@@ -59,6 +62,7 @@ class ClusterService(pb_grpc.ClusterServicer):
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.store: Store = registry.store
+        self.proxy = AgentProxy(self.store)
 
     async def Apply(self, request: pb.ApplyRequest, context: grpc.aio.ServicerContext) -> pb.ApplyResponse:
         raws: list[Any] = []
@@ -116,3 +120,17 @@ class ClusterService(pb_grpc.ClusterServicer):
                     yield pb.WatchEvent(type=ev.type, object_json=json.dumps(ev.obj))
         except OrchError as e:
             await context.abort(e.code, str(e))
+
+    # Logs and exec go to the agent of the pod's node (scheduler/proxy.py).
+
+    async def PodLogs(self, request: agent_pb2.LogsRequest,
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.LogChunk]:
+        async with contextlib.aclosing(self.proxy.logs(request, context)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def PodExec(self, request_iterator: AsyncIterator[agent_pb2.ExecInput],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.ExecOutput]:
+        async with contextlib.aclosing(self.proxy.exec(request_iterator, context)) as outputs:
+            async for out in outputs:
+                yield out

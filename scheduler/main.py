@@ -50,7 +50,8 @@ async def serve(args: argparse.Namespace) -> None:
     node_service = NodeService(registry, pods, heartbeat_interval=args.heartbeat_interval)
 
     server = grpc.aio.server()
-    cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterService(registry), server)
+    cluster = ClusterService(registry)
+    cluster_pb2_grpc.add_ClusterServicer_to_server(cluster, server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(node_service, server)
     if server.add_insecure_port(args.listen) == 0:
         raise SystemExit(f"cannot listen on {args.listen}")
@@ -76,6 +77,7 @@ async def serve(args: argparse.Namespace) -> None:
     finally:
         log.info("shutting down")
         await server.stop(grace=2)
+        await cluster.proxy.close()
         await tasks.cancel()
         await store.close()
 

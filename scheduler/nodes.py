@@ -63,6 +63,11 @@ def node_from_registration(req: pb.RegisterRequest, current: Obj | None) -> Obj:
         },
         "conditions": [_ready_condition("True", "AgentReady", "orch-agent is posting ready status")],
     }
+    host, _, port = req.agent_endpoint.rpartition(":")
+    if host and port.isdigit():
+        # Where schedulers reach the agent's logs and exec (scheduler/proxy.py). Kubernetes
+        # keeps the port only; the host is kept too, as an agent may listen on loopback.
+        node["status"]["daemonEndpoints"] = {"kubeletEndpoint": {"Port": int(port), "Address": host.strip("[]")}}
     return node
 
 

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from apimachinery.pb import agent_pb2 as agent__pb2
 from apimachinery.pb import cluster_pb2 as cluster__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -59,6 +60,16 @@ class ClusterStub:
                 request_serializer=cluster__pb2.WatchRequest.SerializeToString,
                 response_deserializer=cluster__pb2.WatchEvent.FromString,
                 _registered_method=True)
+        self.PodLogs = channel.unary_stream(
+                '/orch.v1.Cluster/PodLogs',
+                request_serializer=agent__pb2.LogsRequest.SerializeToString,
+                response_deserializer=agent__pb2.LogChunk.FromString,
+                _registered_method=True)
+        self.PodExec = channel.stream_stream(
+                '/orch.v1.Cluster/PodExec',
+                request_serializer=agent__pb2.ExecInput.SerializeToString,
+                response_deserializer=agent__pb2.ExecOutput.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -101,6 +112,22 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PodLogs(self, request, context):
+        """A pod's container log, proxied to the agent of the pod's node (kubectl
+        logs). The request and the chunks are the agent's own (agent.proto).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PodExec(self, request_iterator, context):
+        """A command in a pod's running container, proxied both ways to the agent
+        of the pod's node (kubectl exec); see NodeAgent.Exec.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +155,16 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=cluster__pb2.WatchRequest.FromString,
                     response_serializer=cluster__pb2.WatchEvent.SerializeToString,
+            ),
+            'PodLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.PodLogs,
+                    request_deserializer=agent__pb2.LogsRequest.FromString,
+                    response_serializer=agent__pb2.LogChunk.SerializeToString,
+            ),
+            'PodExec': grpc.stream_stream_rpc_method_handler(
+                    servicer.PodExec,
+                    request_deserializer=agent__pb2.ExecInput.FromString,
+                    response_serializer=agent__pb2.ExecOutput.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +302,60 @@ class Cluster:
             '/orch.v1.Cluster/Watch',
             cluster__pb2.WatchRequest.SerializeToString,
             cluster__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PodLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/orch.v1.Cluster/PodLogs',
+            agent__pb2.LogsRequest.SerializeToString,
+            agent__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PodExec(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/orch.v1.Cluster/PodExec',
+            agent__pb2.ExecInput.SerializeToString,
+            agent__pb2.ExecOutput.FromString,
             options,
             channel_credentials,
             insecure,
