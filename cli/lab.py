@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -97,10 +98,33 @@ def _reap(pid: int) -> None:
         pass
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port *below* the kernel's ephemeral range.
+
+    Not one the kernel picks (bind to port 0): those are the ports it also hands out
+    as source ports. When a lab service is restarted, its clients keep dialling its
+    port meanwhile, and a dial from an ephemeral source port can land on the port
+    itself — TCP connects the socket to itself and holds the port, so the restarted
+    service cannot have it back.
+    """
+    low = max(1025, min(_ephemeral_low(), 65536) - 12000)
+    high = max(low + 1, min(_ephemeral_low(), 65536))
+    for _ in range(200):
+        port = random.randrange(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise LabError(f"no free loopback port between {low} and {high}")
 
 
 def etcd_binary() -> str:

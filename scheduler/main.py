@@ -49,7 +49,8 @@ async def serve(args: argparse.Namespace) -> None:
     node_ctl = NodeLifecycleController(store, nodes, grace=args.node_monitor_grace_period)
     node_service = NodeService(registry, pods, heartbeat_interval=args.heartbeat_interval)
 
-    server = grpc.aio.server()
+    # No SO_REUSEPORT (gRPC's default): a second process on this port must fail, not share it.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     cluster = ClusterService(registry)
     cluster_pb2_grpc.add_ClusterServicer_to_server(cluster, server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(node_service, server)
