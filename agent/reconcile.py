@@ -225,9 +225,9 @@ def pod_status(pod: Obj, record: PodRecord, states: list[ContainerState], now: f
                host_ip: str | None = None, probes: dict[str, Any] | None = None) -> Obj:
     """The status this node reports for ``pod``, from its containers' states.
 
-    ``probes`` maps a container id to its ``agent.probes.ContainerProbes``; a running
-    container without one is started and ready (it has no probes, or none ran yet is
-    not what that means: the agent creates the entry when the container starts).
+    ``probes`` maps a container id to its ``agent.probes.ContainerProbes``. A running
+    container without an entry has had no probe run yet: it is started and ready
+    only if its spec declares no startup or readiness probe.
     """
     uid = uid_of(pod)
     mine = [s for s in states if s.config.pod_uid == uid]
@@ -262,8 +262,13 @@ def pod_status(pod: Obj, record: PodRecord, states: list[ContainerState], now: f
                 if cur.status is ContainerStatus.RUNNING:
                     running += 1
                     checks = (probes or {}).get(cur.config.id)
-                    cs["started"] = checks.started if checks is not None else True
-                    cs["ready"] = checks.ready if checks is not None else True
+                    if checks is not None:
+                        cs["started"], cs["ready"] = checks.started, checks.ready
+                    else:
+                        # No probe has run yet: a container with a startup or readiness probe
+                        # is not started/ready until one passes, as in the kubelet.
+                        cs["started"] = "startupProbe" not in c
+                        cs["ready"] = cs["started"] and "readinessProbe" not in c
                 elif cur.status is ContainerStatus.EXITED:
                     if cur.exit_code == 0:
                         terminal_ok += 1

@@ -513,3 +513,15 @@ def test_pod_record_round_trips_through_json() -> None:
 ])
 def test_expand(text: str, expected: str) -> None:
     assert expand(text, {"A": "x", "B": "y y", "PORT": "8080"}) == expected
+
+
+def test_a_container_with_probes_is_not_ready_before_any_probe_ran() -> None:
+    pod = make_pod()
+    pod["spec"]["containers"][0]["readinessProbe"] = {"exec": {"command": ["true"]}}
+    status = pod_status(pod, record(pod), [running(pod)], T0 + 1, probes={})
+    cs = status["containerStatuses"][0]
+    assert cs["started"] is True and cs["ready"] is False
+    assert next(c for c in status["conditions"] if c["type"] == "Ready")["status"] == "False"
+    pod["spec"]["containers"][0]["startupProbe"] = {"exec": {"command": ["true"]}}
+    cs = pod_status(pod, record(pod), [running(pod)], T0 + 1, probes={})["containerStatuses"][0]
+    assert cs["started"] is False and cs["ready"] is False

@@ -674,6 +674,16 @@ class Runtime:
         except OSError as e:
             raise RuntimeError_(f"pod {pod_uid}: cannot remove cgroup: {e}") from e
 
+    def exec_sync(self, container_id: str, argv: builtins.list[str], timeout: float) -> tuple[int, str]:
+        """Run ``argv`` in the running container and wait: (exit code, output). For exec probes.
+
+        TimeoutError after ``timeout`` seconds (the command is killed); OSError when it
+        could not run at all (no such command, the container is not running).
+        """
+        from agent.runtime import exec as _exec  # its helper is a process of its own
+
+        return _exec.exec_sync(self._dir(container_id), argv, timeout)
+
     def ensure_sandbox(self, pod_uid: str, hostname: str, *, host_users: bool = True) -> Path:
         """Make the pod's sandbox now (``start`` does it anyway); returns its network namespace file.
 
