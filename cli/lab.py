@@ -321,8 +321,9 @@ def status(lab_dir: Path) -> dict[str, Any]:
     }
 
 
-def restart(lab_dir: Path, component: str, sig: int = signal.SIGKILL) -> dict[str, Any]:
-    """Kill ``component`` ("scheduler" or a node name) with ``sig`` and start it again as it was."""
+def restart(lab_dir: Path, component: str, sig: int = signal.SIGKILL, down_for: float = 0.0) -> dict[str, Any]:
+    """Kill ``component`` ("scheduler" or a node name) with ``sig`` and, ``down_for`` seconds
+    later, start it again as it was."""
     lab_dir = lab_dir.resolve()
     state = load_state(lab_dir)
     if state is None:
@@ -336,6 +337,7 @@ def restart(lab_dir: Path, component: str, sig: int = signal.SIGKILL) -> dict[st
     if alive(old):
         os.kill(old["pid"], sig)
         stop(old, timeout=10)
+    time.sleep(down_for)
     new = {**old, **spawn(old["argv"], Path(old["log"]))}
     if component == "scheduler":
         state["scheduler"] = new

@@ -286,6 +286,29 @@ def test_killing_an_agent_keeps_its_containers_and_the_new_agent_adopts_them(lab
     assert pid_alive(pid)
 
 
+def test_a_container_that_exits_while_its_agent_is_down_reports_its_real_exit_code(lab: LabCluster,
+                                                                                  ns: str) -> None:
+    from cli import lab as labmod
+
+    doomed = pod_manifest("exits-alone", ns, restartPolicy="Never")
+    doomed["spec"]["containers"][0]["command"] = ["/bin/sh", "-c", "sleep 2; exit 5"]
+    with lab.client() as c:
+        c.apply([doomed])
+    pod = wait_for(lambda: running(lab, ns, "exits-alone"), timeout=60, what="pod exits-alone Running")
+    node, cid = pod["spec"]["nodeName"], container_id(pod)
+
+    # The agent is gone for longer than the container lives; its shim records the exit.
+    labmod.restart(lab.dir, node, signal.SIGKILL, down_for=4)
+    with lab.client() as c:
+        def finished() -> dict[str, Any] | None:
+            p = c.get("Pod", "exits-alone", ns)
+            return p if p["status"].get("phase") == "Failed" else None
+
+        done = wait_for(finished, timeout=30, what="the exit to be reported by the new agent")
+    term = done["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert term["exitCode"] == 5 and term["reason"] == "Error" and container_id(done) == cid
+
+
 # --- the CLI as a real process -------------------------------------------------------
 
 
