@@ -9,20 +9,17 @@ scheduler restart heals on the next pass.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import hashlib
 import json
 import logging
 import secrets
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
 
 from apimachinery.errors import ConflictError, NotFoundError, OrchError
 from apimachinery.labels import selector_from_label_selector
 from apimachinery.meta import DEPLOYMENT, NODE, POD, Obj, now_rfc3339, parse_rfc3339, ref
-from scheduler.informer import Informer
+from scheduler.informer import Informer, Loop
 from scheduler.plugins import controller_uid
 from scheduler.registry import Registry
 from scheduler.store import Store
@@ -121,34 +118,6 @@ def pod_from_template(dep: Obj) -> Obj:
     if annotations:
         pod_md["annotations"] = annotations
     return {"apiVersion": "v1", "kind": "Pod", "metadata": pod_md, "spec": template["spec"]}
-
-
-class Loop:
-    """Run ``body`` on every hint from the informers and at least every ``resync`` seconds."""
-
-    def __init__(self, name: str, informers: list[Informer], body: Callable[[], Coroutine[Any, Any, None]],
-                 resync: float) -> None:
-        self.name = name
-        self.informers = informers
-        self.body = body
-        self.resync = resync
-        self._wake = asyncio.Event()
-        for inf in informers:
-            inf.add_listener(lambda ev: self._wake.set())
-
-    async def run(self) -> None:
-        for inf in self.informers:
-            await inf.synced.wait()
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.resync)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            try:
-                await self.body()
-            except OrchError as e:
-                log.warning("%s pass failed: %s", self.name, e)
 
 
 class DeploymentController:

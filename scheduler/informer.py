@@ -1,4 +1,5 @@
-"""Informers: a cache of one kind, kept by list + watch from etcd.
+"""Informers: a cache of one kind, kept by list + watch from etcd; and ``Loop``, which runs a
+controller's pass on every change to its informers and at least every ``resync`` seconds.
 
 The scheduler's controllers read these caches, never etcd directly, and treat
 every notification as a hint to re-examine the whole cache (level-triggered).
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from apimachinery.errors import ExpiredError, UnavailableError
+from apimachinery.errors import ExpiredError, OrchError, UnavailableError
 from apimachinery.meta import Kind, Obj
 from scheduler.store import Store, WatchEvent
 
@@ -82,3 +84,31 @@ class Informer:
                 log.warning("%s informer: %s; retrying in %.1fs", self.kind.plural, e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+
+class Loop:
+    """Run ``body`` on every hint from the informers and at least every ``resync`` seconds."""
+
+    def __init__(self, name: str, informers: list[Informer], body: Callable[[], Coroutine[Any, Any, None]],
+                 resync: float) -> None:
+        self.name = name
+        self.informers = informers
+        self.body = body
+        self.resync = resync
+        self._wake = asyncio.Event()
+        for inf in informers:
+            inf.add_listener(lambda ev: self._wake.set())
+
+    async def run(self) -> None:
+        for inf in self.informers:
+            await inf.synced.wait()
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.resync)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.body()
+            except OrchError as e:
+                log.warning("%s pass failed: %s", self.name, e)

@@ -10,13 +10,12 @@ so two decisions in a row never double-book a node.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-from apimachinery.errors import ConflictError, NotFoundError, OrchError
+from apimachinery.errors import ConflictError, NotFoundError
 from apimachinery.meta import Obj, now_rfc3339, ref
 from scheduler.framework import Framework, NodeInfo
-from scheduler.informer import Informer
+from scheduler.informer import Informer, Loop
 from scheduler.store import Store
 
 log = logging.getLogger(__name__)
@@ -60,26 +59,12 @@ class SchedulingLoop:
         self.pods = pods
         self.nodes = nodes
         self.framework = framework
-        self.resync = resync
-        self._wake = asyncio.Event()
         # uid -> the bound pod as written, until the informer catches up.
         self._assumed: dict[str, Obj] = {}
-        pods.add_listener(lambda ev: self._wake.set())
-        nodes.add_listener(lambda ev: self._wake.set())
+        self.loop = Loop("scheduling loop", [pods, nodes], self.schedule_pending, resync)
 
     async def run(self) -> None:
-        await self.pods.synced.wait()
-        await self.nodes.synced.wait()
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.resync)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            try:
-                await self.schedule_pending()
-            except OrchError as e:
-                log.warning("scheduling pass failed: %s", e)
+        await self.loop.run()
 
     def _current_pods(self) -> list[Obj]:
         """The informer's pods, with assumed bindings laid over copies it has not caught up with."""
