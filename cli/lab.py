@@ -141,6 +141,23 @@ def etcd_binary() -> str:
     return str(path)
 
 
+def wait_port_free(port: int, timeout: float) -> None:
+    """Until nothing listens on ``port`` any more. A killed process can look dead (its main
+    thread a zombie) while its other threads still hold its listening socket; a new server
+    started then would seem up to a connect test and never get a connection."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                return
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    raise LabError(f"port {port} is still taken {timeout:.0f}s after its process was stopped") from e
+        time.sleep(0.05)
+
+
 def wait_port(port: int, timeout: float, what: str, proc: dict[str, Any]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -338,6 +355,8 @@ def restart(lab_dir: Path, component: str, sig: int = signal.SIGKILL, down_for: 
         os.kill(old["pid"], sig)
         stop(old, timeout=10)
     time.sleep(down_for)
+    if component == "scheduler":
+        wait_port_free(int(old["address"].rsplit(":", 1)[1]), 30)
     new = {**old, **spawn(old["argv"], Path(old["log"]))}
     if component == "scheduler":
         state["scheduler"] = new

@@ -54,6 +54,7 @@ import builtins
 import contextlib
 import enum
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -64,6 +65,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -337,10 +339,35 @@ class Runtime:
         return (self.state_dir / "forkserver.sock", self.state_dir / "forkserver.json",
                 self.state_dir / "forkserver.log")
 
+    def _forkserver_pid(self) -> int | None:
+        """The node's fork server, if alive. Known by its recorded pid and start time only:
+        every shim it forked carries its command line too."""
+        record = _read_json(self._forkserver_files[1]) or {}
+        pid = record.get("pid")
+        return pid if isinstance(pid, int) and _alive(pid, record.get("startTime")) else None
+
+    def _kill_forkserver(self) -> None:
+        record = _read_json(self._forkserver_files[1]) or {}
+        pid, start_time = record.get("pid"), record.get("startTime")
+        if isinstance(pid, int) and _signal_verified(pid, start_time, signal.SIGKILL):
+            deadline = time.monotonic() + 5
+            while _alive(pid, start_time) and time.monotonic() < deadline:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)  # ours when this process started it
+                time.sleep(_POLL)
+
+    @contextlib.contextmanager
+    def _forkserver_locked(self) -> Iterator[None]:
+        """Threads *and* processes (a restarted agent, a test's Runtime) on one node take turns."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with self._forkserver_lock, open(self.state_dir / "forkserver.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
     def _ensure_forkserver(self) -> Path:
         """The socket of a live fork server running this code; starts one when needed."""
         sock, record_file, log_file = self._forkserver_files
-        with self._forkserver_lock:
+        with self._forkserver_locked():
             record = _read_json(record_file) or {}
             if _alive(record.get("pid"), record.get("startTime")):
                 try:
@@ -349,9 +376,8 @@ class Runtime:
                         return sock
                 except OSError:
                     pass
-                # Another version's (or a wedged) fork server: its shims carry on without it.
-                _signal_verified(int(record["pid"]), record.get("startTime"), signal.SIGKILL)
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            # None, another version's, or a wedged one: end it (its shims carry on without it).
+            self._kill_forkserver()
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
             with open(log_file, "ab") as out:
@@ -376,17 +402,11 @@ class Runtime:
             raise RuntimeError_(f"fork server did not answer within 10s; see {log_file}")
 
     def _stop_forkserver(self) -> None:
-        sock, record_file, log_file = self._forkserver_files
-        record = _read_json(record_file) or {}
-        pid, start_time = record.get("pid"), record.get("startTime")
-        if isinstance(pid, int) and _signal_verified(pid, start_time, signal.SIGKILL):
-            deadline = time.monotonic() + 5
-            while _alive(pid, start_time) and time.monotonic() < deadline:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)  # ours when this process started it
-                time.sleep(_POLL)
-        for path in (sock, record_file, log_file):
-            path.unlink(missing_ok=True)
+        with self._forkserver_locked():
+            self._kill_forkserver()
+            for path in self._forkserver_files:
+                path.unlink(missing_ok=True)
+        (self.state_dir / "forkserver.lock").unlink(missing_ok=True)
 
     @staticmethod
     def _launch_shim(final: Path, timeout: float) -> int:
