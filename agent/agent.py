@@ -26,6 +26,9 @@ from pathlib import Path
 
 import grpc
 
+from agent.images import Image, ImageStore, parse_reference
+from agent.images.config import merge_env, resolve_argv, resolve_user, resolve_working_dir, verify_run_as_non_root
+from agent.images.errors import ContainerConfigError
 from agent.probes import ContainerProbes, Kind, ProbeTracker, run_check
 from agent.reconcile import (
     Action,
@@ -41,9 +44,6 @@ from agent.reconcile import (
     same_status,
     uid_of,
 )
-from agent.images import Image, ImageStore, parse_reference
-from agent.images.config import merge_env, resolve_argv, resolve_user, resolve_working_dir, verify_run_as_non_root
-from agent.images.errors import ContainerConfigError
 from agent.runtime.runtime import HOST_IMAGE, ContainerConfig, ContainerState, ContainerStatus, Runtime
 from apimachinery.errors import OrchError
 from apimachinery.meta import Obj, now_rfc3339, parse_rfc3339
