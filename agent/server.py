@@ -37,6 +37,7 @@ import os
 import signal
 import struct
 import subprocess
+import tempfile
 import termios
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
@@ -139,6 +140,10 @@ def select_container(states: Iterable[ContainerState], pods: dict[str, Obj], *, 
 _END = object()
 
 
+#: The largest image archive an agent accepts in one import.
+MAX_IMAGE_UPLOAD = 8 * 1024**3
+
+
 class NodeAgentService(pb_grpc.NodeAgentServicer):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -156,6 +161,38 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         pods.update(self.agent.desired)
         return select_container(states, pods, namespace=namespace, pod=pod, container=container,
                                 pod_uid=pod_uid, previous=previous)
+
+    # --- images -------------------------------------------------------------
+
+    async def ImportImage(self, request_iterator: AsyncIterator[pb.ImageChunk],
+                          context: grpc.aio.ServicerContext) -> pb.ImportImageReply:
+        """Receive an image archive into a temporary file, then import it (verified, all or nothing)."""
+        store = self.agent.images
+        tmp_dir = store.root / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="upload-", suffix=".tar", dir=tmp_dir)
+        reference = ""
+        try:
+            with os.fdopen(fd, "wb") as out:
+                size = 0
+                async for chunk in request_iterator:
+                    reference = reference or chunk.reference
+                    size += len(chunk.data)
+                    if size > MAX_IMAGE_UPLOAD:
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                            f"image archive larger than {MAX_IMAGE_UPLOAD} bytes")
+                    out.write(chunk.data)
+            try:
+                refs = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, lambda: store.import_archive(name, reference=reference or None))
+            except (OrchError, OSError, ValueError) as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"node {self.agent.config.name}: {e}")
+            log.info("node %s: imported %s", self.agent.config.name, ", ".join(r.reference for r in refs))
+            return pb.ImportImageReply(node=self.agent.config.name, images=[
+                pb.ImportedImage(reference=r.reference, digest=r.digest) for r in refs])
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
 
     # --- logs ---------------------------------------------------------------
 

@@ -6,6 +6,7 @@ plain functions. The scheduler and agents use ``grpc.aio`` instead.
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -102,6 +103,22 @@ class ClusterClient:
             raise _stream_error(e) from e
         finally:
             call.cancel()
+
+    def import_image(self, path: str, *, node: str = "", reference: str = "",
+                     chunk_size: int = 1024 * 1024) -> builtins.list[agent_pb2.ImportImageReply]:
+        """Stream an image archive to the cluster; one reply a node (its images, or its error)."""
+
+        def chunks() -> Iterator[agent_pb2.ImageChunk]:
+            yield agent_pb2.ImageChunk(node=node, reference=reference)
+            with open(path, "rb") as f:
+                while data := f.read(chunk_size):
+                    yield agent_pb2.ImageChunk(data=data)
+
+        try:
+            # Large archives take a while to reach every node: no short deadline.
+            return builtins.list(self._stub.ImportImage(chunks()))
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from e
 
     def exec(self, namespace: str, pod: str, container: str, command: Sequence[str], *,
              stdin: Iterable[bytes | tuple[int, int]] | None = None, tty: bool = False,

@@ -224,6 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only lines newer than this, e.g. 10s, 5m, 1h30m")
     p.set_defaults(func=cmd_logs)
 
+    p = sub.add_parser("image", parents=[common], help="manage the nodes' images",
+                       description="Images on the nodes.")
+    image_sub = p.add_subparsers(dest="image_command", metavar="COMMAND", required=True)
+    q = image_sub.add_parser("import", parents=[common], help="import an image archive into the nodes",
+                             usage=f"{PROG} image import FILE [--node NODE] [--reference REF]",
+                             description="Import an OCI image layout (as a tar), an OCI archive or a "
+                                         "`docker save` tarball into every Ready node's image store, or one "
+                                         "node's. Every blob is verified; a node keeps nothing of a bad archive.")
+    q.add_argument("file", metavar="FILE", help="the archive")
+    q.add_argument("--node", default="", help="import into this node only")
+    q.add_argument("--reference", default="", metavar="REF",
+                   help="name an image the archive leaves unnamed, e.g. busybox:local")
+    q.set_defaults(func=cmd_image_import)
+
     p = sub.add_parser("exec", parents=[common], help="run a command in a container",
                        usage=f"{PROG} exec POD [-c CONTAINER] [-i] [-t] -- COMMAND [ARG...]",
                        description="Run a command in a running container; exit with its exit code.")
@@ -875,6 +889,22 @@ def _write_bytes(stream: TextIO, data: bytes) -> None:
 def _proxied(e: UnavailableError) -> CliError:
     # The cluster answered (the pod was read first): unavailable is the node's agent.
     return CliError(str(e))
+
+
+def cmd_image_import(session: Session) -> int:
+    args = session.args
+    if not os.path.isfile(args.file):
+        raise CliError(f"{args.file}: no such file")
+    replies = session.client.import_image(args.file, node=args.node, reference=args.reference)
+    failed = False
+    for reply in replies:
+        if reply.error:
+            failed = True
+            err(f"error: node {reply.node}: {reply.error}")
+            continue
+        for image in reply.images:
+            out(f"node {reply.node}: imported {image.reference} ({image.digest})")
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def cmd_logs(session: Session) -> int:

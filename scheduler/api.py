@@ -129,6 +129,12 @@ class ClusterService(pb_grpc.ClusterServicer):
             async for chunk in chunks:
                 yield chunk
 
+    async def ImportImage(self, request_iterator: AsyncIterator[agent_pb2.ImageChunk],
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.ImportImageReply]:
+        async with contextlib.aclosing(self.proxy.import_image(request_iterator, context)) as replies:
+            async for reply in replies:
+                yield reply
+
     async def PodExec(self, request_iterator: AsyncIterator[agent_pb2.ExecInput],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.ExecOutput]:
         async with contextlib.aclosing(self.proxy.exec(request_iterator, context)) as outputs:

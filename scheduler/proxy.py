@@ -21,7 +21,8 @@ with its code and message.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+import tempfile
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
 import grpc
 
@@ -54,6 +55,10 @@ def agent_endpoint(node: Obj) -> str | None:
     if not host:
         return None
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+#: Bytes a message when the scheduler streams an image archive on to an agent.
+IMPORT_CHUNK = 1024 * 1024
 
 
 class AgentProxy:
@@ -97,6 +102,50 @@ class AgentProxy:
                 await channel.close()
             return e.code(), f'cannot reach the agent of node "{node}" at {endpoint}: {e.details()}'
         return e.code(), e.details() or e.code().name
+
+    async def import_image(self, request_iterator: AsyncIterator[pb.ImageChunk],
+                           context: grpc.aio.ServicerContext) -> AsyncGenerator[pb.ImportImageReply, None]:
+        """Buffer the archive once, then stream it to each target node's agent; a reply per node."""
+        with tempfile.TemporaryFile() as archive:
+            node_name = reference = ""
+            first = True
+            async for chunk in request_iterator:
+                if first:
+                    node_name, reference, first = chunk.node, chunk.reference, False
+                archive.write(chunk.data)
+            try:
+                targets = await self._import_targets(node_name)
+            except OrchError as e:
+                await context.abort(e.code, str(e))
+                raise  # unreachable: abort raises
+            for name, endpoint in targets:
+                if endpoint is None:
+                    yield pb.ImportImageReply(node=name, error=f'node "{name}" reports no agent endpoint')
+                    continue
+
+                def chunks() -> Iterator[pb.ImageChunk]:
+                    archive.seek(0)
+                    yield pb.ImageChunk(reference=reference)
+                    while data := archive.read(IMPORT_CHUNK):
+                        yield pb.ImageChunk(data=data)
+
+                try:
+                    reply = await self._stub(endpoint).ImportImage(chunks())
+                    yield reply
+                except grpc.aio.AioRpcError as e:
+                    _, message = await self._translate(e, name, endpoint)
+                    yield pb.ImportImageReply(node=name, error=message)
+
+    async def _import_targets(self, node_name: str) -> list[tuple[str, str | None]]:
+        if node_name:
+            node = await self.store.get(NODE, None, node_name)
+            return [(node_name, agent_endpoint(node))]
+        nodes, _ = await self.store.list(NODE)
+        ready = [n for n in nodes if any(c.get("type") == "Ready" and c.get("status") == "True"
+                                         for c in n.get("status", {}).get("conditions", []))]
+        if not ready:
+            raise UnavailableError("no Ready node to import the image into")
+        return [(n["metadata"]["name"], agent_endpoint(n)) for n in sorted(ready, key=lambda n: n["metadata"]["name"])]
 
     async def logs(self, request: pb.LogsRequest,
                    context: grpc.aio.ServicerContext) -> AsyncGenerator[pb.LogChunk, None]:

@@ -129,3 +129,32 @@ def test_security_context_reaches_the_process(lab: LabCluster, ns: str) -> None:
     locked = proc_status(wait_for(lambda: pid_of("locked"), timeout=60, what="locked Running"))
     assert locked["Uid"].split()[0] == "1000" and locked["Gid"].split()[0] == "1000"
     assert int(locked["CapEff"], 16) == 0 and int(locked["CapBnd"], 16) == 0
+
+
+def test_orchctl_image_import_into_every_node_then_run_it_with_pull_policy_never(
+        lab: LabCluster, ns: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    archive = ib.write_oci_archive(tmp_path / "busybox.tar", [(ib.busybox_image(), "busybox:imported")])
+    assert lab.orchctl("image", "import", str(archive)) == 0
+    out = capsys.readouterr().out
+    for node in ("lab-node-1", "lab-node-2"):
+        assert f"node {node}: imported docker.io/library/busybox:imported (sha256:" in out
+
+    manifests = [pod(f"local-{i}", ns, "busybox:imported", ["/bin/sh", "-c", "echo imported-ok; exec sleep 600"],
+                     imagePullPolicy="Never") for i in (1, 2)]
+    for i, m in enumerate(manifests):
+        m["spec"]["nodeName"] = f"lab-node-{i + 1}"
+    with lab.client() as c:
+        c.apply(manifests)
+    for m in manifests:
+        name = m["metadata"]["name"]
+        wait_for(lambda name=name: "running" in (status_of(lab, ns, name).get("status", {})
+                                                  .get("containerStatuses") or [{}])[0].get("state", {}),
+                 timeout=60, what=f"{name} Running from the imported image")
+
+    # A hostile archive is refused by every node, naming the problem; no node keeps any of it.
+    evil = ib.write_oci_archive(tmp_path / "evil.tar", [(ib.hostile_image("dotdot", tmp_path), "evil:1")])
+    assert lab.orchctl("image", "import", str(evil)) == 1
+    err = capsys.readouterr().err
+    assert err.count("'..' component") == 2, err
+    for node in ("lab-node-1", "lab-node-2"):
+        assert ImageStore(Path(lab.agent(node)["state_dir"]) / "images").resolve("evil:1") is None

@@ -6,6 +6,34 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ImageChunk(_message.Message):
+    __slots__ = ("data", "reference", "node")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    reference: str
+    node: str
+    def __init__(self, data: _Optional[bytes] = ..., reference: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
+
+class ImportedImage(_message.Message):
+    __slots__ = ("reference", "digest")
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    reference: str
+    digest: str
+    def __init__(self, reference: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class ImportImageReply(_message.Message):
+    __slots__ = ("node", "images", "error")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    images: _containers.RepeatedCompositeFieldContainer[ImportedImage]
+    error: str
+    def __init__(self, node: _Optional[str] = ..., images: _Optional[_Iterable[_Union[ImportedImage, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
+
 class LogsRequest(_message.Message):
     __slots__ = ("namespace", "pod", "container", "follow", "tail_lines", "previous", "timestamps", "since_seconds", "pod_uid")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]

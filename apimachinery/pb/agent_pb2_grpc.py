@@ -44,6 +44,11 @@ class NodeAgentStub:
                 request_serializer=agent__pb2.ExecInput.SerializeToString,
                 response_deserializer=agent__pb2.ExecOutput.FromString,
                 _registered_method=True)
+        self.ImportImage = channel.stream_unary(
+                '/orch.v1.NodeAgent/ImportImage',
+                request_serializer=agent__pb2.ImageChunk.SerializeToString,
+                response_deserializer=agent__pb2.ImportImageReply.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -66,6 +71,15 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportImage(self, request_iterator, context):
+        """Import an image archive (an OCI image layout as a tar, an OCI archive, or
+        a `docker save` tarball) into the node's image store: every blob is
+        verified and nothing is kept unless all of it is good.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +92,11 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.Exec,
                     request_deserializer=agent__pb2.ExecInput.FromString,
                     response_serializer=agent__pb2.ExecOutput.SerializeToString,
+            ),
+            'ImportImage': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportImage,
+                    request_deserializer=agent__pb2.ImageChunk.FromString,
+                    response_serializer=agent__pb2.ImportImageReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +153,33 @@ class NodeAgent:
             '/orch.v1.NodeAgent/Exec',
             agent__pb2.ExecInput.SerializeToString,
             agent__pb2.ExecOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportImage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/orch.v1.NodeAgent/ImportImage',
+            agent__pb2.ImageChunk.SerializeToString,
+            agent__pb2.ImportImageReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -70,6 +70,11 @@ class ClusterStub:
                 request_serializer=agent__pb2.ExecInput.SerializeToString,
                 response_deserializer=agent__pb2.ExecOutput.FromString,
                 _registered_method=True)
+        self.ImportImage = channel.stream_stream(
+                '/orch.v1.Cluster/ImportImage',
+                request_serializer=agent__pb2.ImageChunk.SerializeToString,
+                response_deserializer=agent__pb2.ImportImageReply.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -128,6 +133,14 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportImage(self, request_iterator, context):
+        """Import an image archive into one node's image store, or every Ready
+        node's: the archive is streamed to each node's agent, one reply a node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +178,11 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.PodExec,
                     request_deserializer=agent__pb2.ExecInput.FromString,
                     response_serializer=agent__pb2.ExecOutput.SerializeToString,
+            ),
+            'ImportImage': grpc.stream_stream_rpc_method_handler(
+                    servicer.ImportImage,
+                    request_deserializer=agent__pb2.ImageChunk.FromString,
+                    response_serializer=agent__pb2.ImportImageReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -356,6 +374,33 @@ class Cluster:
             '/orch.v1.Cluster/PodExec',
             agent__pb2.ExecInput.SerializeToString,
             agent__pb2.ExecOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportImage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/orch.v1.Cluster/ImportImage',
+            agent__pb2.ImageChunk.SerializeToString,
+            agent__pb2.ImportImageReply.FromString,
             options,
             channel_credentials,
             insecure,
