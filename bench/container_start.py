@@ -53,7 +53,6 @@ import secrets
 import select
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,6 +63,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from bench.stats import json_safe, percentile, ratio, summary  # noqa: E402
 
 RUNC = Path("/usr/bin/runc")
 ARGV = ["/bin/true"]
@@ -82,25 +82,7 @@ def progress(msg: str) -> None:
 # --------------------------------------------------------------------------- statistics
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default). ``q`` in [0, 100]."""
-    if not values:
-        return math.nan
-    s = sorted(values)
-    pos = (len(s) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
-
-def summary(values: list[float]) -> dict[str, Any]:
-    if not values:
-        return {"n": 0}
-    return {"n": len(values), "min": min(values), "p50": percentile(values, 50), "mean": statistics.fmean(values),
-            "p99": percentile(values, 99), "max": max(values)}
-
-
-def ratio(a: float, b: float) -> float:
-    return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
 
 
 # --------------------------------------------------------------------------- runc
@@ -441,15 +423,6 @@ def build_report(res: dict[str, Any]) -> dict[str, Any]:
             "total_s": res["total_s"], "args": res["args"], "samples": res["samples"]}
 
 
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_json_safe(v) for v in x]
-    return x
-
 
 def print_table(rep: dict[str, Any]) -> None:
     def ms(v: Any) -> str:
@@ -511,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, interrupt)
     res = run(args)
-    rep = _json_safe(build_report(res))
+    rep = json_safe(build_report(res))
     if args.json:
         json.dump(rep, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -118,7 +118,7 @@ def main() -> int:
     n = args.containers
     print(f"node overhead (PSS, MiB): one-node lab, 0 and {n} running `sleep` containers (image host)")
     print(f"{'':34}{'agent':>9}{'shims':>9}{'forkserv':>9}{'total':>9}")
-    for label, side in ((f"shims forked (orch), 0", orch["idle"]), (f"shims forked (orch), {n}", orch["loaded"]),
+    for label, side in (("shims forked (orch), 0", orch["idle"]), (f"shims forked (orch), {n}", orch["loaded"]),
                         (f"shims as new processes (ref), {n}", ref["loaded"])):
         print(f"  {label:32}{side['agent']:9.1f}{side['shims']:9.1f}{side['forkserver']:9.1f}{side['total']:9.1f}")
     per = (orch["loaded"]["shims"] / max(1.0, orch["loaded"]["n_shims"]))
