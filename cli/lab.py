@@ -9,6 +9,7 @@ with its own state directory and its own cgroup root ``orch-lab-<id>/<node>``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -314,6 +315,9 @@ def down(lab_dir: Path) -> None:
     if state.get("cgroupRoot"):
         detect_driver().remove(state["cgroupRoot"])
     shutil.rmtree(lab_dir, ignore_errors=True)
+    if lab_dir.parent == DEFAULT_LAB_DIR.parent:
+        with contextlib.suppress(OSError):
+            lab_dir.parent.rmdir()  # /var/lib/orch, made by lab up, if nothing else lives there
 
 
 def status(lab_dir: Path) -> dict[str, Any]:

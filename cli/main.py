@@ -1138,6 +1138,8 @@ def cmd_lab_down(session: Session) -> int:
     # The config pointed at this lab: leave no address behind that nothing answers on.
     if session.config.lab_dir and Path(session.config.lab_dir).resolve() == lab_dir:
         session.config_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            session.config_path.parent.rmdir()  # ~/.orch, if lab up made it and nothing else is there
     out(f"lab at {lab_dir} is down")
     return EXIT_OK
 
