@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -15,6 +17,7 @@ from agent.agent import Agent, NodeConfig
 from agent.runtime.logs import LogPolicy
 from agent.runtime.runtime import Runtime
 from agent.server import start_server
+from apimachinery.errors import OrchError
 from apimachinery.quantity import QuantityError, parse_cpu, parse_memory
 from apimachinery.tasks import TaskGroup
 
@@ -64,6 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="rotate a container's log when it reaches this size (default 10Mi), like kubelet's")
     p.add_argument("--container-log-max-files", type=int, default=5, metavar="N",
                    help="log files kept per container, the current one included (default 5)")
+    p.add_argument("--cleanup", action="store_true",
+                   help="do not run: stop every container of this node (--state-dir, --cgroup-root), remove "
+                        "their cgroups, sandboxes and state, and the cgroup root's parents that are left empty")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -93,6 +99,26 @@ async def run(config: NodeConfig) -> None:
         agent.pool.shutdown(wait=False, cancel_futures=True)
 
 
+def cleanup(state_dir: Path, cgroup_root: str) -> int:
+    """Everything this node made goes: containers, shims, sandboxes, cgroups, state. For the
+    node's last day (``orchctl lab down``); the agent itself must be stopped first."""
+    runtime = Runtime(state_dir, cgroup_root)
+    try:
+        runtime.cleanup_all()
+    except OrchError as e:
+        log.error("cleanup of %s: %s", state_dir, e)
+        return 1
+    # Parents of the root (a lab's orch-lab-<id>) go once no other node uses them: rmdir
+    # removes only an empty cgroup.
+    parts = cgroup_root.strip("/").split("/")
+    for depth in range(len(parts) - 1, 0, -1):
+        for directory in runtime.driver.paths("/".join(parts[:depth])).values():
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -100,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         log.error("orch-agent creates namespaces and cgroups and must run as root")
         return 1
+    if args.cleanup:
+        return cleanup(args.state_dir, args.cgroup_root)
     try:
         cpu = parse_cpu(args.cpu) if args.cpu else (os.cpu_count() or 1) * 1000
         memory = parse_memory(args.memory) if args.memory else machine_memory()

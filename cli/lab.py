@@ -295,9 +295,6 @@ def _processes(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 def down(lab_dir: Path) -> None:
     """Stop every process of the lab, its containers, cgroups and files. Safe to repeat."""
-    from agent.runtime.cgroups import detect_driver
-    from agent.runtime.runtime import Runtime
-
     lab_dir = lab_dir.resolve()
     state = load_state(lab_dir)
     if state is None:
@@ -307,13 +304,19 @@ def down(lab_dir: Path) -> None:
     # Agents first, so none restarts a container while its node is cleaned up.
     for agent in state.get("agents", []):
         stop(agent)
+    # Each node cleans itself up: the agent's own --cleanup (orchctl does not reach into an
+    # agent's runtime; it only starts and stops the lab's processes).
+    failed = []
     for agent in state.get("agents", []):
-        Runtime(agent["stateDir"], agent["cgroupRoot"]).cleanup_all()
+        done = subprocess.run([sys.executable, "-m", "agent.main", "--cleanup", "--state-dir", agent["stateDir"],
+                               "--cgroup-root", agent["cgroupRoot"]], capture_output=True, text=True)
+        if done.returncode != 0:
+            failed.append(f"{agent['node']}: {done.stderr.strip()[-500:]}")
     for key in ("scheduler", "etcd"):
         if key in state:
             stop(state[key])
-    if state.get("cgroupRoot"):
-        detect_driver().remove(state["cgroupRoot"])
+    if failed:
+        raise LabError("lab down: cleaning up node(s) failed: " + "; ".join(failed))
     shutil.rmtree(lab_dir, ignore_errors=True)
     if lab_dir.parent == DEFAULT_LAB_DIR.parent:
         with contextlib.suppress(OSError):
