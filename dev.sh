@@ -32,9 +32,11 @@ install() {
 }
 
 # Debian packages the tests use for real parts: busybox-static (the test image's binary),
-# docker-registry (a real OCI registry on loopback), zstd (zstd-compressed layers).
+# docker-registry (a real OCI registry on loopback), zstd (zstd-compressed layers),
+# iproute2 (`ip`, to set up a test's own network namespace; minimal images lack it).
 test_packages() {
   local missing=()
+  command -v ip >/dev/null || missing+=(iproute2)
   [ -x /bin/busybox ] || missing+=(busybox-static)
   [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
   command -v zstd >/dev/null || missing+=(zstd)
