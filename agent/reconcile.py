@@ -233,7 +233,7 @@ def pod_status(pod: Obj, record: PodRecord, states: list[ContainerState], now: f
     mine = [s for s in states if s.config.pod_uid == uid]
     policy = pod["spec"].get("restartPolicy", "Always")
     statuses: list[Obj] = []
-    running = terminal_ok = terminal_failed = waiting = 0
+    running = terminal_ok = terminal_failed = 0
     for c in pod["spec"]["containers"]:
         insts = instances(mine, c["name"])
         crec = record.containers.get(c["name"], ContainerRecord())
@@ -245,7 +245,6 @@ def pod_status(pod: Obj, record: PodRecord, states: list[ContainerState], now: f
             if reason == "ErrImagePull" and crec.start_failures > 1:
                 reason = "ImagePullBackOff"  # as the kubelet says once failed pulls are being retried
             cs["state"] = {"waiting": {"reason": reason, **({"message": crec.last_error} if crec.last_error else {})}}
-            waiting += 1
         else:
             cs["containerID"] = f"orch://{cur.config.id}"
             state = _state_of(cur)
@@ -254,7 +253,6 @@ def pod_status(pod: Obj, record: PodRecord, states: list[ContainerState], now: f
                 cs["lastState"] = state
                 cs["state"] = {"waiting": {"reason": "CrashLoopBackOff",
                                            "message": f"back-off restarting failed container {c['name']}"}}
-                waiting += 1
             else:
                 cs["state"] = state
                 if len(insts) > 1:
@@ -274,8 +272,6 @@ def pod_status(pod: Obj, record: PodRecord, states: list[ContainerState], now: f
                         terminal_ok += 1
                     else:
                         terminal_failed += 1
-                else:
-                    waiting += 1
         statuses.append(cs)
     total = len(statuses)
     if terminal_ok + terminal_failed == total:

@@ -135,13 +135,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (FileNotFoundError, ValueError, IndexError):
-        return None
-
-
 def _proc_state(pid: int) -> str | None:
     """Field 3 of /proc/<pid>/stat (R, S, D, Z ...), None if there is no such process."""
     try:
