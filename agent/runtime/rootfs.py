@@ -376,11 +376,18 @@ def enter_host_rootfs(spec: RootfsSpec) -> None:
         (root / name).mkdir(mode=0o1777 if name == "var/tmp" else 0o755)
         os.chown(root / name, *spec.owner)
     os.chmod(root / "var/tmp", 0o1777)  # mkdir applies the umask
+    mount_tmp(root, spec)  # an image brings its own /tmp; the host image has none
+    finish_and_enter(root, spec)
+
+
+def finish_and_enter(root: Path, spec: RootfsSpec) -> None:
+    """What every container's root gets last, whatever its image: a fresh /proc, /sys in a
+    pod network namespace, a minimal /dev, masked and read-only kernel paths; then
+    pivot_root into it, the working directory, and the read-only remount if asked."""
     mount_proc(root)
     if spec.mount_sysfs:
         mount_sys(root, spec)
     mount_dev(root, spec)
-    mount_tmp(root, spec)
     restrict_kernel_paths(root, spec)
     pivot_into(root)
     # The working directory is made (if missing) before / turns read-only, as runc does.
@@ -434,12 +441,4 @@ def enter_image_rootfs(spec: RootfsSpec) -> None:
         if not target.exists():
             target.touch(mode=0o644)
         sc.mount(str(source), str(target), None, sc.MS_BIND, None)
-    mount_proc(root)
-    if spec.mount_sysfs:
-        mount_sys(root, spec)
-    mount_dev(root, spec)
-    restrict_kernel_paths(root, spec)
-    pivot_into(root)
-    enter_working_dir(spec.working_dir, spec.owner)
-    if spec.read_only:
-        remount_root_readonly()
+    finish_and_enter(root, spec)
