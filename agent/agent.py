@@ -139,7 +139,7 @@ class Agent:
             addresses=[pb.NodeAddress(type="InternalIP", address=c.address),
                        pb.NodeAddress(type="Hostname", address=c.name)],
             agent_version=AGENT_VERSION, kernel_version=os.uname().release,
-            cgroup_driver=type(self.runtime.driver).__name__ if hasattr(self.runtime, "driver") else "",
+            cgroup_driver=type(self.runtime.driver).__name__,
             agent_endpoint=c.endpoint,
         )
 
@@ -369,9 +369,11 @@ class Agent:
     async def _probe(self, st: ContainerState, spec: Obj, probes: ContainerProbes, kind: Kind,
                      tracker: ProbeTracker) -> None:
         loop = asyncio.get_running_loop()
-        netns = getattr(self.runtime, "sandbox_netns_path", lambda uid: None)(st.config.pod_uid)
-        exec_fn = getattr(self.runtime, "exec_sync", None)
-        bound_exec = (lambda argv, timeout: exec_fn(st.config.id, argv, timeout)) if exec_fn else None
+        netns = self.runtime.sandbox_netns_path(st.config.pod_uid)
+
+        def bound_exec(argv: list[str], timeout: float) -> tuple[int, str]:
+            return self.runtime.exec_sync(st.config.id, argv, timeout)
+
         try:
             result, message = await loop.run_in_executor(
                 self.pool, run_check, tracker.spec, spec, netns, bound_exec, tracker.timeout)
