@@ -1,11 +1,13 @@
-"""Container logs without a cluster: the CRI format, the shim's pump on real pipes, rotation,
-and the reader (tail, since, timestamps, follow across rotations); plus the pure choices
-of the logs and exec path (which container instance, which endpoint, the CLI's parsing)."""
+"""Container logs without a cluster: the CRI format, orch-monitor (monitor.c) on real pipes,
+rotation, and the reader (tail, since, timestamps, follow across rotations); plus the pure
+choices of the logs and exec path (which container instance, which endpoint, the CLI's parsing)."""
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,13 +16,10 @@ from typing import Any
 
 import pytest
 
-from agent.runtime import logs
+from agent.runtime import logs, monitor
 from agent.runtime.logs import (
     MAX_LINE,
-    LineSplitter,
     LogPolicy,
-    RotatingLog,
-    StdioPipes,
     format_entry,
     format_timestamp,
     log_files,
@@ -31,25 +30,41 @@ from agent.runtime.logs import (
 
 CRI_LINE = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (stdout|stderr) [FP] ")
 
+# What the shim does in miniature: the container's pipes, its process, then exec the
+# monitor in this process's place so that it is the container's parent.
+_AS_THE_SHIM = """
+import os, sys
+from agent.runtime.logs import StdioPipes
+monitor, log, max_size, max_files, script, status_file = sys.argv[1:]
+pipes = StdioPipes.open()
+pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", script], dict(os.environ), file_actions=[
+    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+    (os.POSIX_SPAWN_DUP2, pipes.stdout_w, 1),
+    (os.POSIX_SPAWN_DUP2, pipes.stderr_w, 2),
+])
+pipes.close_child_ends()
+for fd in (pipes.stdout_r, pipes.stderr_r):
+    os.set_inheritable(fd, True)
+os.execv(monitor, [monitor, str(pid), str(pipes.stdout_r), str(pipes.stderr_r), log, max_size, max_files, "--",
+                   "/bin/sh", "-c", 'printf %s "$1" > "$0"', status_file])
+"""
 
-def spawn_writer(pipes: StdioPipes, script: str) -> int:
-    """``sh -c script`` with its stdout and stderr on the pipes, as the shim's child has them."""
-    pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", script], dict(os.environ), file_actions=[
-        (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_DUP2, pipes.stdout_w, 1),
-        (os.POSIX_SPAWN_DUP2, pipes.stderr_w, 2),
-    ])
-    pipes.close_child_ends()
-    return pid
 
+def run_monitor(tmp_path: Path, script: str, policy: LogPolicy | None = None) -> tuple[int, str]:
+    """Run ``sh -c script`` under orch-monitor; returns its exit code and the monitor's stderr.
 
-def run_shim_logging(tmp_path: Path, script: str, policy: LogPolicy | None = None) -> int:
-    """What the shim does after exec: pump the pipes into container.log until the process exits."""
-    pipes = StdioPipes.open()
-    pid = spawn_writer(pipes, script)
-    status = logs.supervise(pid, pipes, tmp_path / "container.log", policy)
+    The monitor's last act is to exec the finisher with the wait status; here the
+    finisher writes it to a file, where the shim's writes exit.json.
+    """
+    policy = policy or LogPolicy()
+    status_file = tmp_path / "status"
+    done = subprocess.run(
+        [sys.executable, "-c", _AS_THE_SHIM, str(monitor.ensure_built()), str(tmp_path / "container.log"),
+         str(policy.max_size), str(policy.max_files), script, str(status_file)],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
     (tmp_path / "exit.json").write_text("{}")  # as the shim: after the last log write
-    return os.waitstatus_to_exitcode(status)
+    return os.waitstatus_to_exitcode(int(status_file.read_text())), done.stderr
 
 
 def entries(path: Path) -> list[logs.Entry]:
@@ -93,19 +108,6 @@ def test_entries_round_trip_and_malformed_lines_are_refused() -> None:
         assert parse_entry(bad) is None, bad
 
 
-def test_splitter_cuts_full_lines_joins_pieces_and_splits_long_lines_at_16k() -> None:
-    s = LineSplitter()
-    assert s.feed(b"one\ntw") == [("F", b"one")]
-    assert s.feed(b"o\n\nthree") == [("F", b"two"), ("F", b"")]
-    assert s.flush() == [("P", b"three")]
-    assert s.flush() == []
-    exact = b"x" * MAX_LINE
-    assert s.feed(exact + b"\n") == [("F", exact)]
-    long = b"y" * (2 * MAX_LINE + 10)
-    assert s.feed(long) == [("P", b"y" * MAX_LINE), ("P", b"y" * MAX_LINE)]
-    assert s.feed(b"\n") == [("F", b"y" * 10)]
-
-
 def test_policy_comes_from_the_environment_with_safe_fallbacks() -> None:
     assert LogPolicy.from_env({}) == LogPolicy(10 * 1024 * 1024, 5)
     assert LogPolicy.from_env(LogPolicy(4096, 3).to_env()) == LogPolicy(4096, 3)
@@ -116,11 +118,11 @@ def test_policy_comes_from_the_environment_with_safe_fallbacks() -> None:
         LogPolicy(0, 5)
 
 
-# --- the shim's side: real pipes ---------------------------------------------------------
+# --- orch-monitor: real pipes ---------------------------------------------------------
 
 
-def test_shim_logging_writes_both_streams_partial_lines_and_returns_the_exit_status(tmp_path: Path) -> None:
-    code = run_shim_logging(tmp_path, f"""
+def test_monitor_writes_both_streams_partial_lines_and_passes_on_the_exit_status(tmp_path: Path) -> None:
+    code, _ = run_monitor(tmp_path, f"""
         echo hello; echo oops >&2; echo; printf 'no newline yet'; sleep 0.2; echo ' - done'
         head -c {MAX_LINE + 5} /dev/zero | tr '\\0' a; echo
         printf 'cut off'; exit 3""")
@@ -132,6 +134,7 @@ def test_shim_logging_writes_both_streams_partial_lines_and_returns_the_exit_sta
     assert [(e.tag, e.content) for e in got if e.stream == "stderr"] == [("F", b"oops")]
     stamps = [e.timestamp for e in got]
     assert stamps == sorted(stamps)
+    assert abs(parse_timestamp(stamps[-1]) - time.time_ns()) < 60 * 10**9  # UTC, the time it was read
     # Read back, the pieces make each stream's output again. (Between the two
     # streams, order is only as fine as the shim's reads, as with any CRI runtime.)
     back = list(read_logs(tmp_path))
@@ -144,7 +147,7 @@ def test_a_quiet_stream_never_holds_up_a_busy_one(tmp_path: Path) -> None:
     # 8 MiB on stderr while stdout stays open and silent: a reader blocked on
     # stdout would leave the writer stuck on a full stderr pipe.
     started = time.monotonic()
-    code = run_shim_logging(tmp_path, "head -c 8388608 /dev/zero | tr '\\0' a | fold -w 1023 >&2",
+    code, _ = run_monitor(tmp_path, "head -c 8388608 /dev/zero | tr '\\0' a | fold -w 1023 >&2",
                             LogPolicy(64 * 1024 * 1024, 2))
     assert code == 0 and time.monotonic() - started < 20
     got = [e for e in entries(tmp_path / "container.log")]
@@ -154,7 +157,7 @@ def test_a_quiet_stream_never_holds_up_a_busy_one(tmp_path: Path) -> None:
 
 def test_rotation_keeps_whole_lines_and_at_most_max_files(tmp_path: Path) -> None:
     policy = LogPolicy(max_size=1000, max_files=3)
-    run_shim_logging(tmp_path, "i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo line $i; done", policy)
+    run_monitor(tmp_path, "i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo line $i; done", policy)
     files = log_files(tmp_path)
     assert [p.name for p in files] == ["container.log.2", "container.log.1", "container.log"]
     kept = []
@@ -168,14 +171,22 @@ def test_rotation_keeps_whole_lines_and_at_most_max_files(tmp_path: Path) -> Non
     assert len(kept) < 300
 
 
-def test_a_log_that_cannot_be_written_drops_output_but_never_raises(tmp_path: Path) -> None:
+def test_a_log_that_cannot_be_written_drops_output_but_the_exit_is_still_passed_on(tmp_path: Path) -> None:
     # A symlink to /dev/full: every write fails with ENOSPC (rotation would only move the link).
-    path = tmp_path / "container.log"
-    path.symlink_to("/dev/full")
-    out = RotatingLog(path, LogPolicy(max_size=1 << 30, max_files=2))
-    out.write_lines([b"2026-11-27T19:48:12.123456789Z stdout F hello\n"] * 3)
-    assert out.dropped == 3 * 46
-    out.close()
+    (tmp_path / "container.log").symlink_to("/dev/full")
+    code, err = run_monitor(tmp_path, "echo hello; echo hello; echo hello; exit 7",
+                            LogPolicy(max_size=1 << 30, max_files=2))
+    assert code == 7
+    assert "No space left on device" in err and "138 bytes of output were dropped" in err
+
+
+def test_a_signal_and_a_bad_command_line_are_reported(tmp_path: Path) -> None:
+    code, _ = run_monitor(tmp_path, "echo bye; kill -KILL $$")
+    assert code == -9
+    assert [e.content for e in entries(tmp_path / "container.log")] == [b"bye"]
+    bad = subprocess.run([str(monitor.ensure_built()), "1", "x", "2", "log", "10", "5", "--", "/bin/true"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "STDOUT_FD: x is not a number" in bad.stderr
 
 
 # --- the reader ---------------------------------------------------------------------------
@@ -242,7 +253,7 @@ def test_follow_reads_across_rotations_until_the_container_exits(tmp_path: Path)
     reader = collect(read_logs(tmp_path, follow=True, poll_interval=0.01), got)
     # ~48 bytes a line, 1000 bytes a file: a rotation every 20 lines, slow enough that
     # the reader, polling at 10 ms, never falls max_files behind (about 300 ms).
-    code = run_shim_logging(tmp_path, "i=0; while [ $i -lt 200 ]; do i=$((i+1)); echo line $i; "
+    code, _ = run_monitor(tmp_path, "i=0; while [ $i -lt 200 ]; do i=$((i+1)); echo line $i; "
                                       "[ $((i % 5)) = 0 ] && sleep 0.02; done",
                             LogPolicy(max_size=1000, max_files=5))
     assert code == 0

@@ -1,13 +1,14 @@
 """The shim fork server: one small process per node from which every shim is forked.
 
-A shim started as a fresh interpreter costs about 9.4 MiB of proportional set size
-(measured: 30 shims, 280 MiB); forked from a parent that has already imported the
-shim's code, and with that heap frozen out of the garbage collector's reach, the
-pages stay shared copy-on-write and a shim costs about 1 MiB (100 shims, 80 MiB).
-Each container still has its own shim, owning its process, exit status and log:
-the fork server only makes them, and once made a shim depends on it no more (it is
-double-forked, adopted by init, like conmon). If the fork server dies, the Runtime
-starts another; running containers never notice.
+A shim started as a fresh interpreter spends tens of milliseconds importing its
+code before it can set a container up; forked from a parent that has imported
+it already (and compiled Docker's seccomp filter), it starts at once. Each
+container still has its own supervisor: the shim sets the container up and
+then execs ``orch-monitor`` (``monitor.c``), which owns the container's
+process, exit status and log. The fork server only makes shims, and once made
+a shim depends on it no more (it is double-forked, adopted by init, like
+conmon). If the fork server dies, the Runtime starts another; running
+containers never notice.
 
 Protocol, on a Unix socket (``<state_dir>/forkserver.sock``), one request per
 connection: the client sends a JSON line ``{"dir": "<container state dir>"}``; the

@@ -1,30 +1,32 @@
-"""Container logs: the CRI log format the shim writes, rotated by size, and a reader that follows it.
+"""Container logs: the CRI log format orch-monitor writes, its rotation policy, and a reader that follows it.
 
-**Writing (in the shim).** The container's stdout and stderr are two pipes; the
-shim polls both and writes every line as kubelet's CRI log format::
+**Writing** is done by ``orch-monitor`` (``monitor.c``), the container's
+supervisor while it runs; this docstring is the contract it implements. It
+polls the container's stdout and stderr pipes and writes every line as
+kubelet's CRI log format::
 
     2026-11-27T19:48:12.123456789Z stdout F hello
 
-that is ``<timestamp> <stream> <tag> <content>\\n``: the time the shim read the
-line (RFC3339, nanoseconds, UTC), ``stdout`` or ``stderr``, ``F`` for a full
-line or ``P`` for part of one, and the content without its newline. A line
-longer than 16 KiB is cut into ``P`` pieces ending with an ``F`` one (as
+that is ``<timestamp> <stream> <tag> <content>\\n``: the time the line was read
+(RFC3339, nanoseconds, UTC), ``stdout`` or ``stderr``, ``F`` for a full line or
+``P`` for part of one, and the content without its newline. A line longer than
+16 KiB (``MAX_LINE``) is cut into ``P`` pieces ending with an ``F`` one (as
 containerd does); output that ends without a newline (the stream closed) is
 written as ``P``. A reader joins the pieces back together.
 
-**Rotation**, like kubelet's ``containerLogMaxSize``/``containerLogMaxFiles``:
-before a write would take ``container.log`` past ``max_size`` bytes, it is
-renamed ``container.log.1`` (``.1`` to ``.2`` and so on first; the oldest of
-``max_files - 1`` rotated files is deleted) and a new ``container.log`` is
-begun. Files always hold whole CRI lines. The limits come from the shim's
-environment (``ORCH_CONTAINER_LOG_MAX_SIZE``, ``ORCH_CONTAINER_LOG_MAX_FILES``),
-which the agent sets from its flags; the shim inherits it at start.
+**Rotation**, like kubelet's ``containerLogMaxSize``/``containerLogMaxFiles``
+(``LogPolicy``): before a write would take ``container.log`` past ``max_size``
+bytes, it is renamed ``container.log.1`` (``.1`` to ``.2`` and so on first; the
+oldest of ``max_files - 1`` rotated files is deleted) and a new
+``container.log`` is begun. Files always hold whole CRI lines. The limits come
+from the shim's environment (``ORCH_CONTAINER_LOG_MAX_SIZE``,
+``ORCH_CONTAINER_LOG_MAX_FILES``), which the agent sets from its flags.
 
-**Never blocking the container.** One thread polls both pipes and the
+**Never blocking the container.** One poll over both pipes and the
 container's pidfd, so a quiet stream never holds up a busy one; the pipes are
-enlarged to 1 MiB to absorb bursts while the disk is slow. A write that fails
-(disk full) drops those lines and is reported to ``shim.log``; the pipes keep
-being drained, so the container never blocks on a full pipe because of it.
+enlarged to 1 MiB (``StdioPipes``) to absorb bursts while the disk is slow. A
+write that fails (disk full) drops those lines and is reported to
+``shim.log``; the pipes keep being drained.
 
 **Reading** (``read_logs``): every file oldest first, optionally only the last
 ``tail`` lines or those of the last ``since_seconds``; with ``follow``, new
@@ -44,10 +46,9 @@ import fcntl
 import logging
 import os
 import re
-import select
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -56,19 +57,15 @@ __all__ = [
     "DEFAULT_MAX_FILES",
     "DEFAULT_MAX_SIZE",
     "MAX_LINE",
-    "LineSplitter",
     "LogLine",
     "LogPolicy",
-    "RotatingLog",
     "StdioPipes",
     "format_entry",
     "format_timestamp",
     "log_files",
     "parse_entry",
     "parse_timestamp",
-    "pump",
     "read_logs",
-    "supervise",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,15 +76,10 @@ EXIT_FILE = "exit.json"  # shim.EXIT_FILE: written after the shim's last log wri
 DEFAULT_MAX_SIZE = 10 * 1024 * 1024
 DEFAULT_MAX_FILES = 5
 #: Longest content of one CRI entry; longer lines are split (containerd's 16 KiB buffer).
+#: monitor.c's MAX_LINE.
 MAX_LINE = 16 * 1024
-#: Bytes read from one pipe per poll round: bounds the time spent on one stream.
-READ_SIZE = 64 * 1024
 #: Pipe capacity asked for (F_SETPIPE_SZ); the default 64 KiB fills within one slow write.
 PIPE_SIZE = 1024 * 1024
-#: After the container's PID 1 exits, how long to wait for the pipes' EOF. The
-#: kernel kills the rest of the PID namespace at once, so EOF normally follows
-#: at once; this only bounds a writer that escaped it.
-DRAIN_TIMEOUT = 2.0
 
 ENV_MAX_SIZE = "ORCH_CONTAINER_LOG_MAX_SIZE"
 ENV_MAX_FILES = "ORCH_CONTAINER_LOG_MAX_FILES"
@@ -193,132 +185,6 @@ class LogPolicy:
         return cls(**values)
 
 
-class LineSplitter:
-    """Cuts one stream's bytes into CRI entries: ``(tag, content)`` pairs."""
-
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[tuple[str, bytes]]:
-        buf = self._buf
-        buf += data
-        out: list[tuple[str, bytes]] = []
-        start = 0
-        while True:
-            nl = buf.find(b"\n", start, start + MAX_LINE + 1)
-            if nl != -1:
-                out.append((FULL, bytes(buf[start:nl])))
-                start = nl + 1
-            elif len(buf) - start >= MAX_LINE:
-                out.append((PARTIAL, bytes(buf[start:start + MAX_LINE])))
-                start += MAX_LINE
-            else:
-                break
-        del buf[:start]
-        return out
-
-    def flush(self) -> list[tuple[str, bytes]]:
-        """What is left without a newline, as a partial entry (the stream ended)."""
-        if not self._buf:
-            return []
-        out = [(PARTIAL, bytes(self._buf))]
-        self._buf.clear()
-        return out
-
-
-class RotatingLog:
-    """``container.log`` and its rotated predecessors; written only in whole CRI lines."""
-
-    #: Seconds between two reports of failing writes in shim.log.
-    REPORT_EVERY = 30.0
-
-    def __init__(self, path: Path, policy: LogPolicy | None = None) -> None:
-        self.path = Path(path)
-        self.policy = policy or LogPolicy()
-        self.fd = -1
-        self.size = 0
-        self.dropped = 0
-        self._reported_at = float("-inf")
-        self._open()
-
-    def _open(self) -> bool:
-        try:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-            self.size = os.fstat(self.fd).st_size
-            return True
-        except OSError as e:
-            self.fd = -1
-            self._failed(f"open {self.path}: {e.strerror}")
-            return False
-
-    def rotated(self, index: int) -> Path:
-        return self.path.with_name(f"{self.path.name}.{index}")
-
-    def rotate(self) -> None:
-        """container.log -> .1 -> .2 ...; the oldest beyond ``max_files - 1`` is deleted; a new file is begun."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        keep = self.policy.max_files - 1
-        try:
-            self.rotated(keep).unlink(missing_ok=True)
-            for i in range(keep - 1, 0, -1):
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(self.rotated(i), self.rotated(i + 1))
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(self.path, self.rotated(1))
-        except OSError as e:
-            self._failed(f"rotate {self.path}: {e.strerror}")
-        self._open()
-
-    def write_lines(self, lines: list[bytes]) -> None:
-        """Append whole CRI lines, rotating first where the next line would pass ``max_size``."""
-        batch: list[bytes] = []
-        batch_size = 0
-        for line in lines:
-            if batch_size + len(line) + self.size > self.policy.max_size and batch_size + self.size > 0:
-                self._write(b"".join(batch))
-                batch, batch_size = [], 0
-                self.rotate()
-            batch.append(line)
-            batch_size += len(line)
-        if batch:
-            self._write(b"".join(batch))
-
-    def _write(self, data: bytes) -> None:
-        if not data:
-            return
-        if self.fd < 0 and not self._open():
-            self.dropped += len(data)
-            return
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.write(self.fd, view)
-                self.size += n
-                view = view[n:]
-        except OSError as e:
-            self.dropped += len(view)
-            self._failed(f"write {self.path}: {e.strerror}")
-
-    def _failed(self, what: str) -> None:
-        # Never raise: a shim that crashed on a full disk would lose the exit status,
-        # and the container would block on its full pipes.
-        now = time.monotonic()
-        if now - self._reported_at >= self.REPORT_EVERY:
-            self._reported_at = now
-            log.warning("container log: %s; %d bytes of output dropped so far", what, self.dropped)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self.dropped:
-            log.warning("container log %s: %d bytes of output were dropped", self.path, self.dropped)
-
-
 @dataclass(frozen=True, slots=True)
 class StdioPipes:
     """The container's stdout and stderr pipes; all four ends close-on-exec (the child dup2s its ends)."""
@@ -344,105 +210,6 @@ class StdioPipes:
 
     def readers(self) -> dict[int, str]:
         return {self.stdout_r: STDOUT, self.stderr_r: STDERR}
-
-
-def pump(streams: dict[int, str], out: RotatingLog, *, pidfd: int | None = None,
-         clock: Callable[[], int] = time.time_ns, drain_timeout: float = DRAIN_TIMEOUT) -> None:
-    """Copy the pipes ``streams`` (fd -> stream name) into ``out`` as CRI lines until all are at EOF.
-
-    With ``pidfd``, stop waiting for EOF ``drain_timeout`` seconds after that
-    process has exited. Closes the pipe fds. Single-threaded: one poll over
-    every pipe, reading each that is ready, so no stream waits on another.
-    """
-    splitters = {fd: LineSplitter() for fd in streams}
-    poller = select.poll()
-    for fd in streams:
-        os.set_blocking(fd, False)
-        poller.register(fd, select.POLLIN)
-    if pidfd is not None:
-        poller.register(pidfd, select.POLLIN)
-    open_fds = set(streams)
-    exited_at: float | None = None
-
-    def finish(fd: int, lines: list[bytes], ts: str) -> None:
-        for tag, content in splitters[fd].flush():
-            lines.append(format_entry(ts, streams[fd], tag, content))
-        poller.unregister(fd)
-        open_fds.discard(fd)
-        os.close(fd)
-
-    try:
-        while open_fds:
-            timeout_ms: float | None = None
-            if exited_at is not None:
-                left = exited_at + drain_timeout - time.monotonic()
-                if left <= 0:
-                    break
-                timeout_ms = left * 1000
-            try:
-                events = poller.poll(timeout_ms)
-            except InterruptedError:
-                continue
-            lines: list[bytes] = []
-            ts = format_timestamp(clock())
-            for fd, _ev in events:
-                if fd == pidfd:
-                    exited_at = time.monotonic()
-                    poller.unregister(pidfd)
-                    continue
-                if fd not in open_fds:
-                    continue
-                try:
-                    data = os.read(fd, READ_SIZE)
-                except BlockingIOError:
-                    continue
-                except OSError as e:
-                    log.warning("container %s pipe: read failed: %s", streams[fd], e)
-                    data = b""
-                if not data:
-                    finish(fd, lines, ts)
-                    continue
-                for tag, content in splitters[fd].feed(data):
-                    lines.append(format_entry(ts, streams[fd], tag, content))
-            if lines:
-                out.write_lines(lines)
-    finally:
-        lines = []
-        ts = format_timestamp(clock())
-        for fd in list(open_fds):
-            finish(fd, lines, ts)
-        if lines:
-            out.write_lines(lines)
-
-
-def supervise(pid: int, pipes: StdioPipes, log_path: Path, policy: LogPolicy | None = None) -> int:
-    """In the shim: log the container's output until it has exited and its pipes are drained.
-
-    Returns the wait status of ``pid`` (as ``os.waitpid``). The exit record is
-    written by the caller afterwards, so a reader that sees ``exit.json`` knows
-    the log is complete.
-    """
-    try:
-        policy = policy or LogPolicy.from_env()
-    except ValueError:
-        policy = LogPolicy()
-    out = RotatingLog(log_path, policy)
-    try:
-        pidfd: int | None = os.pidfd_open(pid)
-    except OSError:
-        pidfd = None  # gone already (reaped below) or an old kernel: EOF alone ends the pump
-    try:
-        pump(pipes.readers(), out, pidfd=pidfd)
-    finally:
-        out.close()
-        if pidfd is not None:
-            os.close(pidfd)
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            return status
-        except InterruptedError:
-            continue
 
 
 # ---------------------------------------------------------------- reading

@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.runtime import forkserver as _forkserver
+from agent.runtime import monitor as _monitor
 from agent.runtime import shim as _shim
 from agent.runtime.cgroups import CgroupDriver, detect_driver
 from agent.runtime.sandbox import IdMap, Sandbox, Sandboxes
@@ -221,6 +222,8 @@ class Runtime:
         except OSError as e:
             raise RuntimeError_(f"no usable cgroup hierarchy: {e}") from e
         self.sandboxes = Sandboxes(self.state_dir, create=self._create_namespaces)
+        #: Every container's supervisor while it runs (built from monitor.c once per version).
+        self.monitor = _monitor.ensure_built()
         self._forkserver_lock = threading.Lock()
         self._fingerprint = _forkserver.code_fingerprint()
 
@@ -297,21 +300,18 @@ class Runtime:
             time.sleep(_POLL)
 
     def _launch(self, final: Path, timeout: float) -> int:
-        """Start the container's shim: forked from the node's fork server (about 1 MiB of
-        memory each, shared copy-on-write), or as a fresh interpreter (about 9 MiB) when the
-        fork server cannot be had or ``ORCH_SHIM_LAUNCHER=exec`` asks for it."""
-        if os.environ.get("ORCH_SHIM_LAUNCHER", "forkserver") != "exec":
-            try:
-                return self._launch_forked(final, timeout)
-            except (OSError, ValueError, RuntimeError_) as e:
-                log.warning("fork server unavailable (%s); starting the shim of %s as a new process", e,
-                            final.name)
+        """Start the container's shim: forked from the node's fork server, which has the
+        shim's code imported already (a fresh interpreter takes tens of milliseconds more),
+        or as a fresh interpreter when the fork server cannot be had."""
+        try:
+            return self._launch_forked(final, timeout)
+        except (OSError, ValueError, RuntimeError_) as e:
+            log.warning("fork server unavailable (%s); starting the shim of %s as a new process", e, final.name)
         return self._launch_shim(final, timeout)
 
     def _create_namespaces(self, directory: Path, hostname: str, idmap: IdMap | None) -> None:
         """A pod sandbox's namespaces, made by the fork server (forking here, in a process with
-        gRPC's threads, can leave the child dead on a lock). Also when shims are launched as
-        new processes (ORCH_SHIM_LAUNCHER=exec): that setting is about the shims' memory only."""
+        gRPC's threads, can leave the child dead on a lock)."""
         payload = {"dir": str(directory), "hostname": hostname,
                    "idmap": None if idmap is None else {"host_id": idmap.host_id, "size": idmap.size}}
         try:
@@ -438,6 +438,7 @@ class Runtime:
         runtime_info = {
             "cgroup": self.container_cgroup(config),
             "driver": self.driver.spec(),
+            "monitor": str(self.monitor),
             "sandbox": {
                 "namespaces": sandbox.namespaces(),
                 "idmap": None if sandbox.idmap is None else {"hostID": sandbox.idmap.host_id,

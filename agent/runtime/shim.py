@@ -21,16 +21,21 @@ The shim
 5. a CLOEXEC pipe tells the shim whether the exec happened: EOF means it did;
    a line of text is the child's error, which becomes ``exit.json`` with
    ``reason: StartError``;
-6. on success the shim writes ``pid`` and ``started.json``, copies the
-   pipes into ``container.log`` in the CRI log format (``logs.py``) until the
-   child exits, writes ``exit.json`` atomically, then kills whatever is left
-   in the cgroup and exits.
+6. on success the shim writes ``pid`` and ``started.json`` and execs
+   ``orch-monitor`` (``monitor.c``, built by ``monitor.py``) in its own
+   place: same pid, still the container's parent, a few pages of memory
+   instead of a Python heap. The monitor copies the pipes into
+   ``container.log`` in the CRI log format (``logs.py``) until the child
+   exits, reaps it and execs ``python -m agent.runtime.shim DIR --finish
+   STATUS``, which writes ``exit.json`` atomically, kills whatever is left in
+   the cgroup and exits.
 
 State directory layout (``<state_dir>/containers/<id>/``)::
 
     config.json     ContainerConfig                       Runtime, before the shim
     runtime.json    cgroup path + cgroup driver spec      Runtime, before the shim
                     + the pod sandbox's namespace files and id map
+                    + the orch-monitor binary
     rootfs/         empty dir; the container's / is mounted on it in its own mount ns
     shim.pid        pid of the shim                       shim
     shim.log        the shim's own log                    shim (stderr)
@@ -341,6 +346,7 @@ class ConfigBundle:
     container: ContainerConfig
     cgroup: str
     driver: CgroupDriver
+    monitor: str  # the orch-monitor binary (monitor.py)
     namespaces: dict[str, str] = field(default_factory=dict)  # kind -> nsfs file of the pod sandbox
     host_id: int = 0  # host uid/gid of the container's root (0 without a user namespace)
 
@@ -356,6 +362,7 @@ def _load(state_dir: Path) -> ConfigBundle:
         container=container,
         cgroup=runtime["cgroup"],
         driver=driver_from_spec(runtime.get("driver")),
+        monitor=runtime["monitor"],
         namespaces=namespaces,
         host_id=int(idmap["hostID"]) if idmap else 0,
     )
@@ -433,7 +440,7 @@ def run(state_dir: Path) -> int:
         return 1
 
     err_r, err_w = os.pipe()  # both ends O_CLOEXEC (PEP 446): exec closes the child's copy
-    stdio = _logs.StdioPipes.open()  # the container's stdout and stderr, read by supervise() below
+    stdio = _logs.StdioPipes.open()  # the container's stdout and stderr, read by orch-monitor
     pid = os.fork()
     if pid == 0:
         os.close(err_r)
@@ -460,12 +467,49 @@ def run(state_dir: Path) -> int:
     log.info("container %s (pod %s/%s): started pid %d", cid, bundle.container.pod_namespace,
              bundle.container.pod_name, pid)
 
-    # Copy the container's output into its CRI log until it exits; exit.json
-    # comes after the last log write, so a reader seeing it has the whole log.
-    status = _logs.supervise(pid, stdio, state_dir / LOG_FILE)
-    record = _exit_record(bundle, status)
+    # From here until the container exits, orch-monitor (monitor.c) takes this
+    # process's place: it copies the output into the CRI log, reaps the container
+    # and execs ``finish`` below, so exit.json comes after the last log write.
+    try:
+        _exec_monitor(bundle, pid, stdio)
+    except OSError as e:
+        # Nobody would read the container's pipes or its exit: end it now.
+        log.error("container %s: cannot exec the monitor %s: %s", cid, bundle.monitor, e)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        _write_start_error(state_dir, f"exec monitor {bundle.monitor}: {e.strerror}")
+        _kill_leftovers(bundle)
+    return 0
+
+
+def _exec_monitor(bundle: ConfigBundle, pid: int, stdio: _logs.StdioPipes) -> None:
+    policy = _logs.LogPolicy.from_env()
+    for fd in (stdio.stdout_r, stdio.stderr_r):
+        os.set_inheritable(fd, True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(bundle.monitor, [
+        bundle.monitor, str(pid), str(stdio.stdout_r), str(stdio.stderr_r), str(bundle.dir / LOG_FILE),
+        str(policy.max_size), str(policy.max_files), "--",
+        sys.executable, "-m", "agent.runtime.shim", str(bundle.dir), "--finish",
+    ])
+
+
+def finish(state_dir: Path, status: int | None) -> int:
+    """After the container: record its exit (``status`` from waitpid; None if the monitor could
+    not collect it) and kill whatever is left in its cgroup."""
+    try:
+        bundle = _load(state_dir)
+    except Exception as e:  # noqa: BLE001 - the record must be written whatever else broke
+        log.error("container state %s: cannot load: %s", state_dir, e)
+        return 1
+    if status is None:
+        record = {"exitCode": 255, "signal": None, "finishedAt": rfc3339(), "reason": "Error",
+                  "message": "the container's monitor could not collect its exit status; see shim.log"}
+    else:
+        record = _exit_record(bundle, status)
     write_json_atomic(state_dir / EXIT_FILE, record)
-    log.info("container %s: exited code=%s reason=%s", cid, record["exitCode"], record["reason"])
+    log.info("container %s: exited code=%s reason=%s", bundle.container.id, record["exitCode"], record["reason"])
     _kill_leftovers(bundle)
     return 0
 
@@ -482,11 +526,15 @@ def _kill_leftovers(bundle: ConfigBundle) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0].startswith("-"):
-        print("usage: python -m agent.runtime.shim <container_state_dir> [--foreground]", file=sys.stderr)
+        print("usage: python -m agent.runtime.shim <container_state_dir> [--foreground | --finish STATUS]",
+              file=sys.stderr)
         return 2
     state_dir = Path(args[0]).resolve()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s shim[%(process)d] {state_dir.name}: %(levelname)s %(message)s")
+    if "--finish" in args:  # exec'd by orch-monitor with the wait status last
+        status = int(args[-1])
+        return finish(state_dir, None if status == -1 else status)
     # Second fork: the process the Runtime started exits now (the Runtime
     # reaps it), the shim carries on as an orphan adopted by init.
     if "--foreground" not in args and os.fork() > 0:

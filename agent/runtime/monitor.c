@@ -1,0 +1,332 @@
+/*
+ * orch-monitor: what stays of a container's shim while the container runs.
+ *
+ * The Python shim (shim.py) sets a container up, forks its PID 1 and, once the
+ * exec has happened, execs this program in its own place: same pid, still the
+ * parent of the container. A Python process costs about 3 MiB of memory per
+ * container even when forked copy-on-write; this one costs a few pages. It
+ *
+ *   1. copies the container's stdout and stderr pipes into container.log in
+ *      kubelet's CRI log format ("<RFC3339Nano> <stream> <F|P> <content>\n"),
+ *      cutting lines longer than 16 KiB into P pieces and rotating the file by
+ *      size as kubelet's containerLogMaxSize/containerLogMaxFiles do;
+ *   2. after the container's PID 1 has exited and both pipes are drained (or
+ *      DRAIN_MS after the exit, if something else still holds a pipe), reaps it;
+ *   3. execs FINISH_ARGV with the wait status appended (decimal, -1 if it could
+ *      not be collected): back in Python, the shim writes exit.json (with the
+ *      cgroup's OOM verdict) after the log's last byte, and kills leftovers.
+ *
+ *   orch-monitor PID STDOUT_FD STDERR_FD LOG_PATH MAX_SIZE MAX_FILES -- FINISH_ARGV...
+ *
+ * The format and rotation rules are logs.py's (its docstring is the contract;
+ * the reader there parses what this writes). The monitor never blocks the
+ * container: one poll over both pipes, and a failing write (disk full) drops
+ * those lines, counted and reported on stderr (shim.log) at most every 30 s.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_LINE (16 * 1024)   /* logs.MAX_LINE: longest content of one entry */
+#define READ_SIZE (64 * 1024)  /* logs.READ_SIZE: bytes read from one pipe per round */
+#define DRAIN_MS 2000          /* logs.DRAIN_TIMEOUT */
+#define TS_LEN 30              /* 2026-11-27T19:48:12.123456789Z */
+#define ENTRY_MAX (TS_LEN + 10 + MAX_LINE + 1)
+#define STAGE_SIZE (READ_SIZE + 2 * ENTRY_MAX)
+#define REPORT_EVERY_S 30
+
+struct stream {
+    int fd;              /* -1 once at EOF */
+    const char *name;    /* "stdout" or "stderr" */
+    size_t len;          /* bytes of an unfinished line in buf */
+    char buf[MAX_LINE];
+};
+
+struct log {
+    const char *path;
+    int fd;
+    long long size, max_size, dropped; /* size: bytes in the current file */
+    int max_files;
+    time_t reported_at;
+    size_t staged;
+    char stage[STAGE_SIZE];
+};
+
+static struct log out;
+static struct stream streams[2];
+static char readbuf[READ_SIZE];
+static char ts[TS_LEN + 1];
+
+static void warn(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "orch-monitor[%d]: ", (int)getpid());
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static void stamp(void) {
+    struct timespec now;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &now);
+    gmtime_r(&now.tv_sec, &tm);
+    size_t n = strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(ts + n, sizeof ts - n, ".%09ldZ", now.tv_nsec % 1000000000L);
+}
+
+/* Never fails: a monitor that died on a full disk would lose the exit status,
+ * and the container would block on its full pipes. */
+static void failed(const char *what) {
+    time_t now = time(NULL);
+    if (now - out.reported_at >= REPORT_EVERY_S) {
+        out.reported_at = now;
+        warn("container log: %s %s: %s; %lld bytes of output dropped so far", what, out.path,
+             strerror(errno), out.dropped);
+    }
+}
+
+static int open_log(void) {
+    struct stat st;
+    out.fd = open(out.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (out.fd < 0) {
+        failed("open");
+        return -1;
+    }
+    out.size = fstat(out.fd, &st) == 0 ? st.st_size : 0;
+    return 0;
+}
+
+static void flush_stage(void) {
+    size_t done = 0;
+    if (out.staged == 0)
+        return;
+    if (out.fd < 0 && open_log() < 0) {
+        out.dropped += out.staged;
+        out.staged = 0;
+        return;
+    }
+    while (done < out.staged) {
+        ssize_t n = write(out.fd, out.stage + done, out.staged - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            out.dropped += out.staged - done;
+            failed("write");
+            break;
+        }
+        done += n;
+        out.size += n;
+    }
+    out.staged = 0;
+}
+
+/* container.log -> .1 -> .2 ...; the oldest beyond max_files - 1 is deleted. */
+static void rotate(void) {
+    char from[PATH_MAX], to[PATH_MAX];
+    int keep = out.max_files - 1;
+    if (out.fd >= 0)
+        close(out.fd);
+    out.fd = -1;
+    snprintf(to, sizeof to, "%s.%d", out.path, keep);
+    if (unlink(to) < 0 && errno != ENOENT)
+        failed("rotate");
+    for (int i = keep - 1; i >= 1; i--) {
+        snprintf(from, sizeof from, "%s.%d", out.path, i);
+        snprintf(to, sizeof to, "%s.%d", out.path, i + 1);
+        if (rename(from, to) < 0 && errno != ENOENT)
+            failed("rotate");
+    }
+    snprintf(to, sizeof to, "%s.1", out.path);
+    if (rename(out.path, to) < 0 && errno != ENOENT)
+        failed("rotate");
+    open_log();
+}
+
+/* One CRI entry; files only ever hold whole entries, so rotate before one
+ * that would take the file past max_size (unless the file is still empty). */
+static void entry(const struct stream *s, char tag, const char *a, size_t alen, const char *b, size_t blen) {
+    long long need = TS_LEN + 1 + strlen(s->name) + 3 + alen + blen + 1;
+    long long staged = (long long)out.staged;
+    if (staged + need + out.size > out.max_size && staged + out.size > 0) {
+        flush_stage();
+        rotate();
+    }
+    if (out.staged + (size_t)need > sizeof out.stage)
+        flush_stage();
+    char *p = out.stage + out.staged;
+    p += sprintf(p, "%s %s %c ", ts, s->name, tag);
+    memcpy(p, a, alen);
+    memcpy(p + alen, b, blen);
+    p[alen + blen] = '\n';
+    out.staged += need;
+}
+
+/* logs.LineSplitter: full lines are F entries, 16 KiB without a newline a P one. */
+static void feed(struct stream *s, const char *d, size_t n) {
+    while (n > 0) {
+        size_t window = MAX_LINE - s->len + 1;
+        const char *nl = memchr(d, '\n', n < window ? n : window);
+        if (nl) {
+            size_t i = nl - d;
+            entry(s, 'F', s->buf, s->len, d, i);
+            s->len = 0;
+            d += i + 1;
+            n -= i + 1;
+        } else if (s->len + n >= MAX_LINE) {
+            size_t k = MAX_LINE - s->len;
+            entry(s, 'P', s->buf, s->len, d, k);
+            s->len = 0;
+            d += k;
+            n -= k;
+        } else {
+            memcpy(s->buf + s->len, d, n);
+            s->len += n;
+            n = 0;
+        }
+    }
+}
+
+static void finish(struct stream *s) {
+    if (s->len)
+        entry(s, 'P', s->buf, s->len, "", 0);
+    s->len = 0;
+    close(s->fd);
+    s->fd = -1;
+}
+
+static long now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000L + t.tv_nsec / 1000000L;
+}
+
+/* Copy both pipes into the log until both are at EOF, or DRAIN_MS after the
+ * container's PID 1 (pidfd) has exited. */
+static void pump(int pidfd) {
+    long exited_at = -1;
+    for (;;) {
+        struct pollfd fds[3];
+        int nfds = 0, timeout = -1;
+        for (int i = 0; i < 2; i++)
+            if (streams[i].fd >= 0)
+                fds[nfds++] = (struct pollfd){.fd = streams[i].fd, .events = POLLIN};
+        if (nfds == 0)
+            return;
+        if (pidfd >= 0 && exited_at < 0)
+            fds[nfds++] = (struct pollfd){.fd = pidfd, .events = POLLIN};
+        if (exited_at >= 0) {
+            timeout = (int)(exited_at + DRAIN_MS - now_ms());
+            if (timeout <= 0)
+                return;
+        }
+        int ready = poll(fds, nfds, timeout);
+        if (ready < 0 && errno == EINTR)
+            continue;
+        if (ready < 0) {
+            warn("poll: %s", strerror(errno));
+            return;
+        }
+        stamp();
+        for (int j = 0; j < nfds; j++) {
+            if (!fds[j].revents)
+                continue;
+            if (fds[j].fd == pidfd) {
+                exited_at = now_ms();
+                continue;
+            }
+            struct stream *s = fds[j].fd == streams[0].fd ? &streams[0] : &streams[1];
+            ssize_t n = read(s->fd, readbuf, sizeof readbuf);
+            if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                continue;
+            if (n < 0)
+                warn("container %s pipe: read failed: %s", s->name, strerror(errno));
+            if (n <= 0)
+                finish(s);
+            else
+                feed(s, readbuf, n);
+        }
+        flush_stage();
+    }
+}
+
+static long parse_num(const char *text, const char *what, long min) {
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || *end || end == text || v < min) {
+        warn("%s: %s is not a number >= %ld", what, text, min);
+        exit(2);
+    }
+    return v;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 9 || strcmp(argv[7], "--") != 0) {
+        fprintf(stderr, "usage: orch-monitor PID STDOUT_FD STDERR_FD LOG_PATH MAX_SIZE MAX_FILES -- FINISH_ARGV...\n");
+        return 2;
+    }
+    pid_t pid = (pid_t)parse_num(argv[1], "PID", 1);
+    streams[0] = (struct stream){.fd = (int)parse_num(argv[2], "STDOUT_FD", 0), .name = "stdout"};
+    streams[1] = (struct stream){.fd = (int)parse_num(argv[3], "STDERR_FD", 0), .name = "stderr"};
+    out.path = argv[4];
+    out.max_size = parse_num(argv[5], "MAX_SIZE", 1);
+    out.max_files = (int)parse_num(argv[6], "MAX_FILES", 2);
+    out.reported_at = -REPORT_EVERY_S;
+
+    /* It ends only when its container does. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    for (int i = 0; i < 2; i++)
+        fcntl(streams[i].fd, F_SETFL, fcntl(streams[i].fd, F_GETFL) | O_NONBLOCK);
+    /* Without a pidfd (gone already, or a kernel before 5.3) EOF alone ends the pump. */
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    open_log();
+    pump(pidfd);
+    stamp();
+    for (int i = 0; i < 2; i++)
+        if (streams[i].fd >= 0)
+            finish(&streams[i]);
+    flush_stage();
+    if (out.fd >= 0)
+        close(out.fd);
+    if (out.dropped)
+        warn("container log %s: %lld bytes of output were dropped", out.path, out.dropped);
+    if (pidfd >= 0)
+        close(pidfd);
+
+    int status;
+    char status_text[16] = "-1";
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) {
+            warn("waitpid %d: %s", (int)pid, strerror(errno));
+            status = -1;
+            break;
+        }
+    }
+    if (status != -1)
+        snprintf(status_text, sizeof status_text, "%d", status);
+
+    char **finish_argv = calloc(argc - 8 + 2, sizeof *finish_argv);
+    if (!finish_argv)
+        return 1;
+    memcpy(finish_argv, argv + 8, (argc - 8) * sizeof *finish_argv);
+    finish_argv[argc - 8] = status_text;
+    execv(finish_argv[0], finish_argv);
+    warn("exec %s: %s", finish_argv[0], strerror(errno));
+    return 1;
+}
