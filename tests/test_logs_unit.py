@@ -4,8 +4,9 @@ choices of the logs and exec path (which container instance, which endpoint, the
 
 from __future__ import annotations
 
-import os
+import json
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -35,7 +36,7 @@ CRI_LINE = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (stdout|stderr)
 _AS_THE_SHIM = """
 import os, sys
 from agent.runtime.logs import StdioPipes
-monitor, log, max_size, max_files, script, status_file = sys.argv[1:]
+script, monitor, *options = sys.argv[1:]
 pipes = StdioPipes.open()
 pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", script], dict(os.environ), file_actions=[
     (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
@@ -45,26 +46,24 @@ pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", script], dict(os.environ), fil
 pipes.close_child_ends()
 for fd in (pipes.stdout_r, pipes.stderr_r):
     os.set_inheritable(fd, True)
-os.execv(monitor, [monitor, str(pid), str(pipes.stdout_r), str(pipes.stderr_r), log, max_size, max_files, "--",
-                   "/bin/sh", "-c", 'printf %s "$1" > "$0"', status_file])
+os.execv(monitor, [monitor, "--pid", str(pid), "--stdout", str(pipes.stdout_r), "--stderr", str(pipes.stderr_r),
+                   *options])
 """
 
 
-def run_monitor(tmp_path: Path, script: str, policy: LogPolicy | None = None) -> tuple[int, str]:
-    """Run ``sh -c script`` under orch-monitor; returns its exit code and the monitor's stderr.
-
-    The monitor's last act is to exec the finisher with the wait status; here the
-    finisher writes it to a file, where the shim's writes exit.json.
-    """
+def run_monitor(tmp_path: Path, script: str, policy: LogPolicy | None = None,
+                *options: str) -> tuple[dict[str, Any], str]:
+    """Run ``sh -c script`` under orch-monitor; returns its exit record and the monitor's stderr."""
     policy = policy or LogPolicy()
-    status_file = tmp_path / "status"
     done = subprocess.run(
-        [sys.executable, "-c", _AS_THE_SHIM, str(monitor.ensure_built()), str(tmp_path / "container.log"),
-         str(policy.max_size), str(policy.max_files), script, str(status_file)],
+        [sys.executable, "-c", _AS_THE_SHIM, script, str(monitor.ensure_built()),
+         "--log", str(tmp_path / "container.log"), "--exit-file", str(tmp_path / "exit.json"),
+         "--log-max-size", str(policy.max_size), "--log-max-files", str(policy.max_files), *options],
         capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    (tmp_path / "exit.json").write_text("{}")  # as the shim: after the last log write
-    return os.waitstatus_to_exitcode(int(status_file.read_text())), done.stderr
+    record = json.loads((tmp_path / "exit.json").read_text())
+    assert set(record) == {"exitCode", "signal", "finishedAt", "reason", "message"}
+    return record, done.stderr
 
 
 def entries(path: Path) -> list[logs.Entry]:
@@ -122,11 +121,12 @@ def test_policy_comes_from_the_environment_with_safe_fallbacks() -> None:
 
 
 def test_monitor_writes_both_streams_partial_lines_and_passes_on_the_exit_status(tmp_path: Path) -> None:
-    code, _ = run_monitor(tmp_path, f"""
+    record, _ = run_monitor(tmp_path, f"""
         echo hello; echo oops >&2; echo; printf 'no newline yet'; sleep 0.2; echo ' - done'
         head -c {MAX_LINE + 5} /dev/zero | tr '\\0' a; echo
         printf 'cut off'; exit 3""")
-    assert code == 3
+    assert (record["exitCode"], record["signal"], record["reason"], record["message"]) == (3, None, "Error", None)
+    assert abs(parse_timestamp(record["finishedAt"]) - time.time_ns()) < 60 * 10**9
     got = entries(tmp_path / "container.log")
     out = [(e.tag, e.content) for e in got if e.stream == "stdout"]
     assert out == [("F", b"hello"), ("F", b""), ("F", b"no newline yet - done"), ("P", b"a" * MAX_LINE),
@@ -147,9 +147,9 @@ def test_a_quiet_stream_never_holds_up_a_busy_one(tmp_path: Path) -> None:
     # 8 MiB on stderr while stdout stays open and silent: a reader blocked on
     # stdout would leave the writer stuck on a full stderr pipe.
     started = time.monotonic()
-    code, _ = run_monitor(tmp_path, "head -c 8388608 /dev/zero | tr '\\0' a | fold -w 1023 >&2",
+    record, _ = run_monitor(tmp_path, "head -c 8388608 /dev/zero | tr '\\0' a | fold -w 1023 >&2",
                             LogPolicy(64 * 1024 * 1024, 2))
-    assert code == 0 and time.monotonic() - started < 20
+    assert (record["exitCode"], record["reason"]) == (0, "Completed") and time.monotonic() - started < 20
     got = [e for e in entries(tmp_path / "container.log")]
     assert {e.stream for e in got} == {"stderr"}
     assert sum(len(e.content) for e in got) == 8388608 and len(got) == 8201
@@ -171,22 +171,75 @@ def test_rotation_keeps_whole_lines_and_at_most_max_files(tmp_path: Path) -> Non
     assert len(kept) < 300
 
 
-def test_a_log_that_cannot_be_written_drops_output_but_the_exit_is_still_passed_on(tmp_path: Path) -> None:
+def test_a_log_that_cannot_be_written_drops_output_but_the_exit_is_still_recorded(tmp_path: Path) -> None:
     # A symlink to /dev/full: every write fails with ENOSPC (rotation would only move the link).
     (tmp_path / "container.log").symlink_to("/dev/full")
-    code, err = run_monitor(tmp_path, "echo hello; echo hello; echo hello; exit 7",
-                            LogPolicy(max_size=1 << 30, max_files=2))
-    assert code == 7
+    record, err = run_monitor(tmp_path, "echo hello; echo hello; echo hello; exit 7",
+                              LogPolicy(max_size=1 << 30, max_files=2))
+    assert record["exitCode"] == 7
     assert "No space left on device" in err and "138 bytes of output were dropped" in err
 
 
-def test_a_signal_and_a_bad_command_line_are_reported(tmp_path: Path) -> None:
-    code, _ = run_monitor(tmp_path, "echo bye; kill -KILL $$")
-    assert code == -9
+def test_a_signal_is_recorded_as_kubernetes_reports_it(tmp_path: Path) -> None:
+    record, _ = run_monitor(tmp_path, "echo bye; kill -TERM $$")
+    assert (record["exitCode"], record["signal"], record["reason"]) == (143, 15, "Error")
     assert [e.content for e in entries(tmp_path / "container.log")] == [b"bye"]
-    bad = subprocess.run([str(monitor.ensure_built()), "1", "x", "2", "log", "10", "5", "--", "/bin/true"],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "STDOUT_FD: x is not a number" in bad.stderr
+
+
+@pytest.mark.parametrize(("events", "failcnt", "script", "reason"), [
+    ("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n", None, "kill -KILL $$", "OOMKilled"),  # v1, Linux >= 4.13
+    ("low 0\nhigh 0\nmax 3\noom 1\noom_kill 0\n", None, "kill -KILL $$", "Error"),  # v2: no kill counted
+    ("oom_kill_disable 0\nunder_oom 0\n", "3", "kill -KILL $$", "OOMKilled"),  # v1, old kernel: failcnt
+    ("oom_kill_disable 0\nunder_oom 0\n", "3", "exit 1", "Error"),  # ... but only with a SIGKILL
+    ("oom_kill 2\n", None, "exit 0", "Completed"),  # a clean exit is never an OOM kill
+])
+def test_the_oom_verdict_follows_the_cgroup_counters(tmp_path: Path, events: str, failcnt: str | None,
+                                                     script: str, reason: str) -> None:
+    from agent.runtime.cgroups import V1Driver
+
+    (tmp_path / "events").write_text(events)
+    options = ["--oom-events", str(tmp_path / "events")]
+    if failcnt is not None:
+        (tmp_path / "failcnt").write_text(failcnt)
+        options += ["--oom-failcnt", str(tmp_path / "failcnt")]
+    record, _ = run_monitor(tmp_path, script, None, *options)
+    assert record["reason"] == reason
+    # The same rule as the Python drivers' (on a fake v1 layout with the same files).
+    memory = tmp_path / "memory" / "c"
+    memory.mkdir(parents=True)
+    (memory / "memory.oom_control").write_text(events)
+    if failcnt is not None:
+        (memory / "memory.failcnt").write_text(failcnt)
+    driver = V1Driver({"memory": str(tmp_path / "memory"), "cpu": str(tmp_path / "cpu")})
+    if reason != "Completed":
+        assert driver.oom_killed("c", sigkilled="KILL" in script) == (reason == "OOMKilled")
+
+
+def test_leftovers_in_the_cgroup_are_killed_after_the_exit_is_recorded(tmp_path: Path) -> None:
+    # A fake cgroup listing a process of ours that is not the container's.
+    # (cgroupfs drops a reaped pid from cgroup.procs by itself; here a thread reaps it
+    # and the monitor's next kill finds it gone.)
+    straggler = subprocess.Popen(["sleep", "60"])
+    reaper = threading.Thread(target=straggler.wait, daemon=True)
+    reaper.start()
+    try:
+        (tmp_path / "cg" / "child").mkdir(parents=True)
+        (tmp_path / "cg" / "cgroup.procs").write_text("")
+        (tmp_path / "cg" / "child" / "cgroup.procs").write_text(f"{straggler.pid}\n")
+        record, err = run_monitor(tmp_path, "exit 0", None, "--cgroup", str(tmp_path / "cg"))
+        assert record["reason"] == "Completed" and "still listed" not in err
+        reaper.join(10)
+        assert straggler.returncode == -signal.SIGKILL
+    finally:
+        straggler.kill()
+        straggler.wait()
+
+
+def test_a_bad_command_line_is_refused(tmp_path: Path) -> None:
+    bad = subprocess.run([str(monitor.ensure_built()), "--pid", "1", "--stdout", "x"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--stdout: x is not a number" in bad.stderr
+    bad = subprocess.run([str(monitor.ensure_built()), "--pid", "1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage: orch-monitor" in bad.stderr
 
 
 # --- the reader ---------------------------------------------------------------------------
@@ -253,10 +306,10 @@ def test_follow_reads_across_rotations_until_the_container_exits(tmp_path: Path)
     reader = collect(read_logs(tmp_path, follow=True, poll_interval=0.01), got)
     # ~48 bytes a line, 1000 bytes a file: a rotation every 20 lines, slow enough that
     # the reader, polling at 10 ms, never falls max_files behind (about 300 ms).
-    code, _ = run_monitor(tmp_path, "i=0; while [ $i -lt 200 ]; do i=$((i+1)); echo line $i; "
-                                      "[ $((i % 5)) = 0 ] && sleep 0.02; done",
-                            LogPolicy(max_size=1000, max_files=5))
-    assert code == 0
+    record, _ = run_monitor(tmp_path, "i=0; while [ $i -lt 200 ]; do i=$((i+1)); echo line $i; "
+                                        "[ $((i % 5)) = 0 ] && sleep 0.02; done",
+                              LogPolicy(max_size=1000, max_files=5))
+    assert record["exitCode"] == 0
     reader.join(10)
     assert not reader.is_alive(), "follow did not end after the container exited"
     assert b"".join(got) == b"".join(b"line %d\n" % i for i in range(1, 201))

@@ -38,6 +38,7 @@ __all__ = [
     "CPU_PERIOD_US",
     "CgroupDriver",
     "Limits",
+    "OomEvidence",
     "V1Driver",
     "V2Driver",
     "cpu_shares",
@@ -218,6 +219,15 @@ def _kill_pids(pids: set[int]) -> None:
 # ---------------------------------------------------------------- interface
 
 
+@dataclass(frozen=True, slots=True)
+class OomEvidence:
+    """Where a cgroup's OOM kills show: a keyed file with an ``oom_kill`` counter, and on v1
+    ``memory.failcnt`` for kernels whose file lacks that counter."""
+
+    events: Path
+    failcnt: Path | None = None
+
+
 class CgroupDriver(abc.ABC):
     """What the runtime needs from a cgroup hierarchy, v1 or v2.
 
@@ -245,13 +255,32 @@ class CgroupDriver(abc.ABC):
         """The memory limit in bytes, or None when unlimited."""
 
     @abc.abstractmethod
+    def oom_evidence(self, path: str) -> OomEvidence:
+        """The files that tell whether the kernel OOM-killed a process of this cgroup."""
+
     def oom_killed(self, path: str, *, sigkilled: bool = True) -> bool:
         """Whether the kernel OOM-killed a process of this cgroup.
 
-        ``sigkilled`` says whether the container's main process died of
-        SIGKILL; only a v1 fallback for kernels without an ``oom_kill``
-        counter consults it (see ``V1Driver.oom_killed``).
+        The ``oom_kill`` counter (v2 ``memory.events``; v1 ``memory.oom_control``
+        since Linux 4.13). A v1 kernel without it leaves ``memory.failcnt`` > 0
+        (the limit was hit at least once) together with a SIGKILLed main
+        process (``sigkilled``) as the best available evidence — failcnt alone
+        also counts hits that reclaim absorbed. orch-monitor (monitor.c) applies
+        the same rule to the same files when a container exits.
         """
+        evidence = self.oom_evidence(path)
+        counters = _read_keyed(evidence.events)
+        if "oom_kill" in counters or evidence.failcnt is None:
+            return counters.get("oom_kill", 0) > 0
+        return sigkilled and int(_read(evidence.failcnt)) > 0
+
+    def kill_file(self, path: str) -> Path | None:
+        """``cgroup.kill`` of ``path`` where the hierarchy has one (v2, Linux 5.14)."""
+        return None
+
+    def dirs(self, path: str) -> list[Path]:
+        """Every distinct directory of the cgroup ``path`` (one per v1 hierarchy, one on v2)."""
+        return self._unique_dirs(path)
 
     def _unique_dirs(self, path: str) -> list[Path]:
         seen: dict[str, None] = {}
@@ -399,19 +428,9 @@ class V1Driver(CgroupDriver):
         value = int(_read(Path(self.paths(path)["memory"]) / "memory.limit_in_bytes"))
         return None if value >= _V1_UNLIMITED else value
 
-    def oom_killed(self, path: str, *, sigkilled: bool = True) -> bool:
-        """v1: ``oom_kill N`` in memory.oom_control (kernel >= 4.13).
-
-        Older kernels lack that line; then ``memory.failcnt`` > 0 (the limit
-        was hit at least once) together with a SIGKILLed main process is the
-        best available evidence — failcnt alone also counts hits that reclaim
-        absorbed.
-        """
+    def oom_evidence(self, path: str) -> OomEvidence:
         d = Path(self.paths(path)["memory"])
-        counters = _read_keyed(d / "memory.oom_control")
-        if "oom_kill" in counters:
-            return counters["oom_kill"] > 0
-        return sigkilled and int(_read(d / "memory.failcnt")) > 0
+        return OomEvidence(events=d / "memory.oom_control", failcnt=d / "memory.failcnt")
 
 
 # ---------------------------------------------------------------- v2
@@ -481,16 +500,18 @@ class V2Driver(CgroupDriver):
         value = _read(self.root / _check_relative(path) / "memory.max").strip()
         return None if value == "max" else int(value)
 
-    def oom_killed(self, path: str, *, sigkilled: bool = True) -> bool:
-        events = _read_keyed(self.root / _check_relative(path) / "memory.events")
-        return events.get("oom_kill", 0) > 0
+    def oom_evidence(self, path: str) -> OomEvidence:
+        return OomEvidence(events=self.root / _check_relative(path) / "memory.events")
+
+    def kill_file(self, path: str) -> Path | None:
+        kill_file = self.root / _check_relative(path) / "cgroup.kill"
+        return None if self.plain or not kill_file.exists() else kill_file
 
     def kill_all(self, path: str, timeout: float = 5.0) -> None:
         # cgroup.kill (Linux 5.14) kills the whole subtree atomically, racing no
         # fork; the pid loop in the base class mops up on older kernels.
-        d = self.root / _check_relative(path)
-        kill_file = d / "cgroup.kill"
-        if not self.plain and kill_file.exists():
+        kill_file = self.kill_file(path)
+        if kill_file is not None:
             try:
                 _write(kill_file, "1")
             except OSError as e:

@@ -6,25 +6,32 @@
  * parent of the container. A Python process costs about 3 MiB of memory per
  * container even when forked copy-on-write; this one costs a few pages. It
  *
- *   1. copies the container's stdout and stderr pipes into container.log in
+ *   1. copies the container's stdout and stderr pipes into the log file in
  *      kubelet's CRI log format ("<RFC3339Nano> <stream> <F|P> <content>\n"),
  *      cutting lines longer than 16 KiB into P pieces and rotating the file by
  *      size as kubelet's containerLogMaxSize/containerLogMaxFiles do;
  *   2. after the container's PID 1 has exited and both pipes are drained (or
  *      DRAIN_MS after the exit, if something else still holds a pipe), reaps it;
- *   3. execs FINISH_ARGV with the wait status appended (decimal, -1 if it could
- *      not be collected): back in Python, the shim writes exit.json (with the
- *      cgroup's OOM verdict) after the log's last byte, and kills leftovers.
+ *   3. writes the exit record (exit.json, atomically) after the log's last
+ *      byte: exit code as Docker and Kubernetes report it (128 + signal for a
+ *      signal), and reason OOMKilled when the cgroup's OOM counter moved;
+ *   4. kills whatever is left in the container's cgroups, and exits.
  *
- *   orch-monitor PID STDOUT_FD STDERR_FD LOG_PATH MAX_SIZE MAX_FILES -- FINISH_ARGV...
+ *   orch-monitor --pid PID --stdout FD --stderr FD --log PATH --log-max-size N
+ *                --log-max-files N --exit-file PATH [--oom-events FILE]
+ *                [--oom-failcnt FILE] [--cgroup DIR]... [--cgroup-kill FILE]
  *
- * The format and rotation rules are logs.py's (its docstring is the contract;
- * the reader there parses what this writes). The monitor never blocks the
+ * The log format and rotation rules are logs.py's (its docstring is the
+ * contract; the reader there parses what this writes), the exit record is
+ * shim.py's, and the OOM rule is cgroups.py's CgroupDriver.oom_killed, whose
+ * oom_evidence() names the files passed here. The monitor never blocks the
  * container: one poll over both pipes, and a failing write (disk full) drops
  * those lines, counted and reported on stderr (shim.log) at most every 30 s.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
+#include <getopt.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
@@ -267,23 +274,188 @@ static long parse_num(const char *text, const char *what, long min) {
     errno = 0;
     long v = strtol(text, &end, 10);
     if (errno || *end || end == text || v < min) {
-        warn("%s: %s is not a number >= %ld", what, text, min);
+        warn("--%s: %s is not a number >= %ld", what, text, min);
         exit(2);
     }
     return v;
 }
 
+/* The first number after "KEY " on a line of a cgroup keyed file; -1 if absent. */
+static long long keyed(const char *path, const char *key) {
+    char line[256];
+    long long value = -1;
+    size_t klen = strlen(key);
+    FILE *f = path ? fopen(path, "re") : NULL;
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, key, klen) == 0 && line[klen] == ' ')
+            value = strtoll(line + klen + 1, NULL, 10);
+    fclose(f);
+    return value;
+}
+
+/* cgroups.py CgroupDriver.oom_killed: the oom_kill counter (v2 memory.events,
+ * v1 memory.oom_control since Linux 4.13); without it, on v1, a hit limit
+ * (failcnt) together with a SIGKILLed main process. */
+static int oom_killed(const char *events, const char *failcnt, int sigkilled) {
+    long long kills = keyed(events, "oom_kill");
+    if (kills >= 0)
+        return kills > 0;
+    if (!failcnt || !sigkilled)
+        return 0;
+    FILE *f = fopen(failcnt, "re");
+    long long hits = 0;
+    if (f) {
+        if (fscanf(f, "%lld", &hits) != 1)
+            hits = 0;
+        fclose(f);
+    }
+    return hits > 0;
+}
+
+static void write_exit(const char *path, int status, const char *events, const char *failcnt) {
+    char tmp[PATH_MAX], finished[32], body[512];
+    int sig = -1, code;
+    if (status == -1) {
+        code = 255; /* runtime.LOST_EXIT_CODE */
+    } else if (WIFSIGNALED(status)) {
+        sig = WTERMSIG(status);
+        code = 128 + sig;
+    } else {
+        code = WEXITSTATUS(status);
+    }
+    const char *reason = "Error";
+    if (code == 0) {
+        reason = "Completed";
+    } else if (status != -1) {
+        int sigkilled = sig == SIGKILL || code == 128 + SIGKILL;
+        int oom = oom_killed(events, failcnt, sigkilled);
+        if (!oom && sigkilled) {
+            /* The OOM killer bumps its counter just after sending SIGKILL; a
+             * victim other than the allocating task can be reaped first. */
+            usleep(50 * 1000);
+            oom = oom_killed(events, failcnt, sigkilled);
+        }
+        if (oom)
+            reason = "OOMKilled";
+    }
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(finished, sizeof finished, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    char sigtext[16] = "null";
+    if (sig >= 0)
+        snprintf(sigtext, sizeof sigtext, "%d", sig);
+    int len = snprintf(body, sizeof body,
+                       "{\"exitCode\": %d, \"signal\": %s, \"finishedAt\": \"%s\", \"reason\": \"%s\", "
+                       "\"message\": %s}\n", code, sigtext, finished, reason,
+                       status == -1 ? "\"the container's monitor could not collect its exit status\"" : "null");
+    /* Like shim.write_json_atomic: a reader sees no file or the whole record. */
+    const char *slash = strrchr(path, '/');
+    int dirlen = slash ? (int)(slash - path + 1) : 0;
+    snprintf(tmp, sizeof tmp, "%.*s.%s.tmp", dirlen, path, slash ? slash + 1 : path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0 || write(fd, body, len) != len || fsync(fd) < 0 || close(fd) < 0 || rename(tmp, path) < 0)
+        warn("writing %s: %s", path, strerror(errno));
+}
+
+/* SIGKILL every process listed in DIR's cgroup.procs and below; the number found. */
+static int kill_under(const char *dir) {
+    char path[PATH_MAX];
+    int found = 0;
+    snprintf(path, sizeof path, "%s/cgroup.procs", dir);
+    FILE *f = fopen(path, "re");
+    if (f) {
+        int pid;
+        while (fscanf(f, "%d", &pid) == 1)
+            if (pid > 1 && kill(pid, SIGKILL) == 0)
+                found++;
+        fclose(f);
+    }
+    DIR *d = opendir(dir);
+    if (!d)
+        return found;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_type == DT_DIR && e->d_name[0] != '.') {
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            found += kill_under(path);
+        }
+    closedir(d);
+    return found;
+}
+
+/* cgroups.py CgroupDriver.kill_all: PID 1's exit took its PID namespace down
+ * already; this catches anything that got into the cgroup some other way. */
+static void kill_leftovers(char **dirs, int ndirs, const char *kill_file) {
+    if (kill_file) {
+        int fd = open(kill_file, O_WRONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            if (write(fd, "1", 1) < 0 && errno != ENOENT)
+                warn("%s: %s", kill_file, strerror(errno));
+            close(fd);
+        }
+    }
+    for (int round = 0; round < 500; round++) {
+        int found = 0;
+        for (int i = 0; i < ndirs; i++)
+            found += kill_under(dirs[i]);
+        if (!found)
+            return;
+        usleep(10 * 1000);
+    }
+    warn("processes still listed in the container's cgroups after SIGKILL");
+}
+
+enum { O_PID = 1, O_STDOUT, O_STDERR, O_LOG, O_MAX_SIZE, O_MAX_FILES, O_EXIT, O_OOM_EVENTS, O_OOM_FAILCNT,
+       O_CGROUP, O_CGROUP_KILL };
+
 int main(int argc, char **argv) {
-    if (argc < 9 || strcmp(argv[7], "--") != 0) {
-        fprintf(stderr, "usage: orch-monitor PID STDOUT_FD STDERR_FD LOG_PATH MAX_SIZE MAX_FILES -- FINISH_ARGV...\n");
+    static const struct option options[] = {
+        {"pid", required_argument, 0, O_PID},
+        {"stdout", required_argument, 0, O_STDOUT},
+        {"stderr", required_argument, 0, O_STDERR},
+        {"log", required_argument, 0, O_LOG},
+        {"log-max-size", required_argument, 0, O_MAX_SIZE},
+        {"log-max-files", required_argument, 0, O_MAX_FILES},
+        {"exit-file", required_argument, 0, O_EXIT},
+        {"oom-events", required_argument, 0, O_OOM_EVENTS},
+        {"oom-failcnt", required_argument, 0, O_OOM_FAILCNT},
+        {"cgroup", required_argument, 0, O_CGROUP},
+        {"cgroup-kill", required_argument, 0, O_CGROUP_KILL},
+        {0, 0, 0, 0},
+    };
+    pid_t pid = 0;
+    const char *exit_file = NULL, *oom_events = NULL, *oom_failcnt = NULL, *cgroup_kill = NULL;
+    char **cgroups = calloc(argc, sizeof *cgroups);
+    int ncgroups = 0, opt;
+    streams[0] = (struct stream){.fd = -1, .name = "stdout"};
+    streams[1] = (struct stream){.fd = -1, .name = "stderr"};
+    out.max_size = 10 * 1024 * 1024;
+    out.max_files = 5;
+    while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        switch (opt) {
+        case O_PID: pid = (pid_t)parse_num(optarg, "pid", 1); break;
+        case O_STDOUT: streams[0].fd = (int)parse_num(optarg, "stdout", 0); break;
+        case O_STDERR: streams[1].fd = (int)parse_num(optarg, "stderr", 0); break;
+        case O_LOG: out.path = optarg; break;
+        case O_MAX_SIZE: out.max_size = parse_num(optarg, "log-max-size", 1); break;
+        case O_MAX_FILES: out.max_files = (int)parse_num(optarg, "log-max-files", 2); break;
+        case O_EXIT: exit_file = optarg; break;
+        case O_OOM_EVENTS: oom_events = optarg; break;
+        case O_OOM_FAILCNT: oom_failcnt = optarg; break;
+        case O_CGROUP: cgroups[ncgroups++] = optarg; break;
+        case O_CGROUP_KILL: cgroup_kill = optarg; break;
+        default: return 2;
+        }
+    }
+    if (!pid || streams[0].fd < 0 || streams[1].fd < 0 || !out.path || !exit_file || optind != argc) {
+        fprintf(stderr, "usage: orch-monitor --pid PID --stdout FD --stderr FD --log PATH --exit-file PATH "
+                        "[--log-max-size N] [--log-max-files N] [--oom-events FILE] [--oom-failcnt FILE] "
+                        "[--cgroup DIR]... [--cgroup-kill FILE]\n");
         return 2;
     }
-    pid_t pid = (pid_t)parse_num(argv[1], "PID", 1);
-    streams[0] = (struct stream){.fd = (int)parse_num(argv[2], "STDOUT_FD", 0), .name = "stdout"};
-    streams[1] = (struct stream){.fd = (int)parse_num(argv[3], "STDERR_FD", 0), .name = "stderr"};
-    out.path = argv[4];
-    out.max_size = parse_num(argv[5], "MAX_SIZE", 1);
-    out.max_files = (int)parse_num(argv[6], "MAX_FILES", 2);
     out.reported_at = -REPORT_EVERY_S;
 
     /* It ends only when its container does. */
@@ -310,7 +482,6 @@ int main(int argc, char **argv) {
         close(pidfd);
 
     int status;
-    char status_text[16] = "-1";
     while (waitpid(pid, &status, 0) < 0) {
         if (errno != EINTR) {
             warn("waitpid %d: %s", (int)pid, strerror(errno));
@@ -318,15 +489,7 @@ int main(int argc, char **argv) {
             break;
         }
     }
-    if (status != -1)
-        snprintf(status_text, sizeof status_text, "%d", status);
-
-    char **finish_argv = calloc(argc - 8 + 2, sizeof *finish_argv);
-    if (!finish_argv)
-        return 1;
-    memcpy(finish_argv, argv + 8, (argc - 8) * sizeof *finish_argv);
-    finish_argv[argc - 8] = status_text;
-    execv(finish_argv[0], finish_argv);
-    warn("exec %s: %s", finish_argv[0], strerror(errno));
-    return 1;
+    write_exit(exit_file, status, oom_events, oom_failcnt);
+    kill_leftovers(cgroups, ncgroups, cgroup_kill);
+    return 0;
 }

@@ -3,11 +3,12 @@
 Why C: the supervising process lives as long as its container, one per
 container. Even forked copy-on-write from the fork server, a Python shim costs
 about 3 MiB of proportional set size (its heap pages get written); a
-100-container node would spend 300 MiB on supervisors alone. The Python shim
-still does the setup (namespaces, rootfs, security) and the exit record — the
-parts worth reading and testing in Python — and execs the monitor in between,
-in its own place (same pid, still the container's parent), as conmon does for
-CRI-O.
+100-container node would spend 300 MiB on supervisors alone, and a Python
+process started to record an exit would add a hundred milliseconds to every
+exit. The Python shim still does the setup (namespaces, rootfs, security) —
+the part worth reading and testing in Python — and then execs the monitor in
+its own place (same pid, still the container's parent), as conmon does for
+CRI-O. What the monitor does is in ``monitor.c``'s opening comment.
 
 The binary is compiled from the source next to this file with the system's C
 compiler, once per version of the source: its name carries the source's hash,

@@ -26,9 +26,9 @@ The shim
    place: same pid, still the container's parent, a few pages of memory
    instead of a Python heap. The monitor copies the pipes into
    ``container.log`` in the CRI log format (``logs.py``) until the child
-   exits, reaps it and execs ``python -m agent.runtime.shim DIR --finish
-   STATUS``, which writes ``exit.json`` atomically, kills whatever is left in
-   the cgroup and exits.
+   exits, reaps it, writes ``exit.json`` atomically (with the OOM verdict
+   from the files ``CgroupDriver.oom_evidence`` names), kills whatever is
+   left in the cgroup and exits.
 
 State directory layout (``<state_dir>/containers/<id>/``)::
 
@@ -385,36 +385,6 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _exit_record(bundle: ConfigBundle, status: int) -> dict[str, Any]:
-    code = os.waitstatus_to_exitcode(status)
-    sig = -code if code < 0 else None
-    exit_code = 128 + sig if sig is not None else code  # as Docker and Kubernetes report it
-    sigkilled = sig == signal.SIGKILL or exit_code == 128 + signal.SIGKILL
-    oom = False
-    try:
-        oom = bundle.driver.oom_killed(bundle.cgroup, sigkilled=sigkilled)
-        if not oom and sigkilled:
-            # The OOM killer bumps its counter just after sending SIGKILL; a
-            # victim other than the allocating task can be reaped first.
-            time.sleep(0.05)
-            oom = bundle.driver.oom_killed(bundle.cgroup, sigkilled=sigkilled)
-    except OSError as e:
-        log.warning("container %s: cannot read OOM state of cgroup %s: %s", bundle.container.id, bundle.cgroup, e)
-    if exit_code == 0:
-        reason = "Completed"
-    elif oom:
-        reason = "OOMKilled"
-    else:
-        reason = "Error"
-    return {
-        "exitCode": exit_code,
-        "signal": sig,
-        "finishedAt": rfc3339(),
-        "reason": reason,
-        "message": None,
-    }
-
-
 def run(state_dir: Path) -> int:
     """The shim proper, after daemonizing. Returns the shim's own exit status."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -467,9 +437,9 @@ def run(state_dir: Path) -> int:
     log.info("container %s (pod %s/%s): started pid %d", cid, bundle.container.pod_namespace,
              bundle.container.pod_name, pid)
 
-    # From here until the container exits, orch-monitor (monitor.c) takes this
-    # process's place: it copies the output into the CRI log, reaps the container
-    # and execs ``finish`` below, so exit.json comes after the last log write.
+    # From here orch-monitor (monitor.c) takes this process's place: it copies the
+    # output into the CRI log, reaps the container and writes exit.json after the
+    # log's last write.
     try:
         _exec_monitor(bundle, pid, stdio)
     except OSError as e:
@@ -483,35 +453,25 @@ def run(state_dir: Path) -> int:
 
 
 def _exec_monitor(bundle: ConfigBundle, pid: int, stdio: _logs.StdioPipes) -> None:
+    """Become orch-monitor (monitor.c): it logs the container's output, then records its exit."""
     policy = _logs.LogPolicy.from_env()
+    oom = bundle.driver.oom_evidence(bundle.cgroup)
+    argv = [bundle.monitor, "--pid", str(pid), "--stdout", str(stdio.stdout_r), "--stderr", str(stdio.stderr_r),
+            "--log", str(bundle.dir / LOG_FILE), "--log-max-size", str(policy.max_size),
+            "--log-max-files", str(policy.max_files), "--exit-file", str(bundle.dir / EXIT_FILE),
+            "--oom-events", str(oom.events)]
+    if oom.failcnt is not None:
+        argv += ["--oom-failcnt", str(oom.failcnt)]
+    for d in bundle.driver.dirs(bundle.cgroup):
+        argv += ["--cgroup", str(d)]
+    kill_file = bundle.driver.kill_file(bundle.cgroup)
+    if kill_file is not None:
+        argv += ["--cgroup-kill", str(kill_file)]
     for fd in (stdio.stdout_r, stdio.stderr_r):
         os.set_inheritable(fd, True)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(bundle.monitor, [
-        bundle.monitor, str(pid), str(stdio.stdout_r), str(stdio.stderr_r), str(bundle.dir / LOG_FILE),
-        str(policy.max_size), str(policy.max_files), "--",
-        sys.executable, "-m", "agent.runtime.shim", str(bundle.dir), "--finish",
-    ])
-
-
-def finish(state_dir: Path, status: int | None) -> int:
-    """After the container: record its exit (``status`` from waitpid; None if the monitor could
-    not collect it) and kill whatever is left in its cgroup."""
-    try:
-        bundle = _load(state_dir)
-    except Exception as e:  # noqa: BLE001 - the record must be written whatever else broke
-        log.error("container state %s: cannot load: %s", state_dir, e)
-        return 1
-    if status is None:
-        record = {"exitCode": 255, "signal": None, "finishedAt": rfc3339(), "reason": "Error",
-                  "message": "the container's monitor could not collect its exit status; see shim.log"}
-    else:
-        record = _exit_record(bundle, status)
-    write_json_atomic(state_dir / EXIT_FILE, record)
-    log.info("container %s: exited code=%s reason=%s", bundle.container.id, record["exitCode"], record["reason"])
-    _kill_leftovers(bundle)
-    return 0
+    os.execv(bundle.monitor, argv)
 
 
 def _kill_leftovers(bundle: ConfigBundle) -> None:
@@ -526,15 +486,11 @@ def _kill_leftovers(bundle: ConfigBundle) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0].startswith("-"):
-        print("usage: python -m agent.runtime.shim <container_state_dir> [--foreground | --finish STATUS]",
-              file=sys.stderr)
+        print("usage: python -m agent.runtime.shim <container_state_dir> [--foreground]", file=sys.stderr)
         return 2
     state_dir = Path(args[0]).resolve()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s shim[%(process)d] {state_dir.name}: %(levelname)s %(message)s")
-    if "--finish" in args:  # exec'd by orch-monitor with the wait status last
-        status = int(args[-1])
-        return finish(state_dir, None if status == -1 else status)
     # Second fork: the process the Runtime started exits now (the Runtime
     # reaps it), the shim carries on as an orphan adopted by init.
     if "--foreground" not in args and os.fork() > 0:
