@@ -11,9 +11,11 @@ conmon). If the fork server dies, the Runtime starts another; running
 containers never notice.
 
 Protocol, on a Unix socket (``<state_dir>/forkserver.sock``), one request per
-connection: the client sends a JSON line ``{"dir": "<container state dir>"}``; the
-server forks an intermediate child that double-forks the shim and exits, and
-answers ``{"status": <exit status of the intermediate>}``. ``{"sandbox": {"dir",
+connection: the client sends a JSON line ``{"dir": "<container state dir>"}``, with
+the write end of a pipe attached (SCM_RIGHTS) that the shim holds until the
+container has started or failed to; the server forks an intermediate child that
+double-forks the shim and exits, and answers ``{"status": <exit status of the
+intermediate>}``. ``{"sandbox": {"dir",
 "hostname", "idmap"}}`` makes a pod's namespaces (sandbox.create_namespaces): they
 need a fork too, and the agent, with gRPC's threads running, must not fork. ``{"hello": true}``
 answers with the server's pid and the fingerprint of the code it loaded, so a
@@ -51,8 +53,12 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def _spawn_shim(container_dir: Path) -> int:
-    """Fork the intermediate; it double-forks the shim and exits. Returns its exit status."""
+def _spawn_shim(container_dir: Path, notify_fd: int | None) -> int:
+    """Fork the intermediate; it double-forks the shim and exits. Returns its exit status.
+
+    ``notify_fd`` (from the client) goes to the shim, which holds it until the
+    container has started or failed to (``shim.run``).
+    """
     pid = os.fork()
     if pid == 0:  # the intermediate
         try:
@@ -64,10 +70,14 @@ def _spawn_shim(container_dir: Path) -> int:
             os.dup2(null, 0)
             os.dup2(log, 1)
             os.dup2(log, 2)
-            os.closerange(3, 65536)
+            args = [str(container_dir)]
+            if notify_fd is not None:
+                os.dup2(notify_fd, 3)
+                args += ["--notify-fd", "3"]
+            os.closerange(4 if notify_fd is not None else 3, 65536)
             os.chdir("/")
             # shim.main forks once more: this process exits, the shim is adopted by init.
-            code = _shim.main([str(container_dir)])
+            code = _shim.main(args)
         except BaseException:  # noqa: BLE001 - nothing may unwind into the fork server's loop
             traceback.print_exc()
             code = 127
@@ -108,9 +118,11 @@ def serve(sock_path: Path) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         conn, _ = listener.accept()
+        fds: list[int] = []
         with conn:
             try:
-                request = json.loads(conn.makefile("rb").readline() or b"{}")
+                line, fds = _receive(conn)
+                request = json.loads(line or b"{}")
                 if request.get("hello"):
                     reply = {"pid": os.getpid(), "fingerprint": fingerprint}
                 elif "sandbox" in request:
@@ -120,21 +132,38 @@ def serve(sock_path: Path) -> None:
                     if not (container_dir / _shim.CONFIG_FILE).is_file():
                         reply = {"error": f"no container config in {container_dir}"}
                     else:
-                        reply = {"status": _spawn_shim(container_dir)}
+                        reply = {"status": _spawn_shim(container_dir, fds[0] if fds else None)}
             except (OSError, ValueError, KeyError) as e:
                 reply = {"error": f"{type(e).__name__}: {e}"}
+            finally:
+                for fd in fds:
+                    os.close(fd)
             try:
                 conn.sendall(json.dumps(reply).encode() + b"\n")
             except OSError:
                 pass  # the client gave up; the shim (if any) runs regardless
 
 
-def request(sock_path: Path, payload: dict[str, object], timeout: float) -> dict[str, object]:
-    """One request to the fork server at ``sock_path``; OSError when it is not there."""
+def _receive(conn: socket.socket) -> tuple[bytes, list[int]]:
+    """One request line and the descriptors sent with it (SCM_RIGHTS)."""
+    data, fds = b"", []
+    while not data.endswith(b"\n"):
+        chunk, more, _flags, _addr = socket.recv_fds(conn, 65536, 4)
+        fds += more
+        if not chunk:
+            break
+        data += chunk
+    return data, fds
+
+
+def request(sock_path: Path, payload: dict[str, object], timeout: float,
+            fds: list[int] | None = None) -> dict[str, object]:
+    """One request to the fork server at ``sock_path``, with ``fds`` passed along; OSError when
+    it is not there."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(str(sock_path))
-        s.sendall(json.dumps(payload).encode() + b"\n")
+        socket.send_fds(s, [json.dumps(payload).encode() + b"\n"], fds or [])
         line = s.makefile("rb").readline()
     if not line:
         raise ConnectionError(f"fork server at {sock_path} closed the connection")

@@ -59,6 +59,7 @@ import json
 import logging
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -280,7 +281,18 @@ class Runtime:
         except OSError as e:
             raise RuntimeError_(f"container {config.id}: cannot prepare state dir: {e}") from e
         log.info("pod %s/%s: starting container %s (%s)", config.pod_namespace, config.pod_name, config.name, config.id)
-        rc = self._launch(final, timeout)
+        # The shim holds the write end until the container has started or failed to:
+        # waiting for EOF answers at once, where polling the state files would lag.
+        started_r, started_w = os.pipe()
+        try:
+            try:
+                rc = self._launch(final, timeout, started_w)
+            finally:
+                os.close(started_w)
+            if rc == 0:
+                select.select([started_r], [], [], timeout)
+        finally:
+            os.close(started_r)
         if rc != 0:
             self._persist_exit(final, {"exitCode": _shim.START_ERROR_EXIT_CODE, "signal": None,
                                        "finishedAt": rfc3339(), "reason": "StartError",
@@ -299,15 +311,16 @@ class Runtime:
                 raise RuntimeError_(f"container {config.id}: not started within {timeout}s")
             time.sleep(_POLL)
 
-    def _launch(self, final: Path, timeout: float) -> int:
+    def _launch(self, final: Path, timeout: float, notify_fd: int) -> int:
         """Start the container's shim: forked from the node's fork server, which has the
         shim's code imported already (a fresh interpreter takes tens of milliseconds more),
-        or as a fresh interpreter when the fork server cannot be had."""
+        or as a fresh interpreter when the fork server cannot be had. The shim gets
+        ``notify_fd`` (see ``shim.run``)."""
         try:
-            return self._launch_forked(final, timeout)
+            return self._launch_forked(final, timeout, notify_fd)
         except (OSError, ValueError, RuntimeError_) as e:
             log.warning("fork server unavailable (%s); starting the shim of %s as a new process", e, final.name)
-        return self._launch_shim(final, timeout)
+        return self._launch_shim(final, timeout, notify_fd)
 
     def _create_namespaces(self, directory: Path, hostname: str, idmap: IdMap | None) -> None:
         """A pod sandbox's namespaces, made by the fork server (forking here, in a process with
@@ -321,8 +334,8 @@ class Runtime:
         if "error" in reply:
             raise OSError(int(reply.get("errno") or errno.EIO), str(reply["error"]))  # type: ignore[call-overload]
 
-    def _launch_forked(self, final: Path, timeout: float) -> int:
-        reply = _forkserver.request(self._ensure_forkserver(), {"dir": str(final)}, timeout)
+    def _launch_forked(self, final: Path, timeout: float, notify_fd: int) -> int:
+        reply = _forkserver.request(self._ensure_forkserver(), {"dir": str(final)}, timeout, [notify_fd])
         if "error" in reply:
             raise RuntimeError_(f"fork server: {reply['error']}")
         return int(reply["status"])  # type: ignore[call-overload]
@@ -402,7 +415,7 @@ class Runtime:
         (self.state_dir / "forkserver.lock").unlink(missing_ok=True)
 
     @staticmethod
-    def _launch_shim(final: Path, timeout: float) -> int:
+    def _launch_shim(final: Path, timeout: float, notify_fd: int) -> int:
         """Start the shim detached; returns the launcher's status (it exits once the shim has forked off).
 
         The shim gets a new session (no signal for our process group or
@@ -414,9 +427,9 @@ class Runtime:
         try:
             with open(final / _shim.SHIM_LOG_FILE, "ab") as shim_log:
                 launcher = subprocess.Popen(
-                    [sys.executable, "-m", "agent.runtime.shim", str(final)],
+                    [sys.executable, "-m", "agent.runtime.shim", str(final), "--notify-fd", str(notify_fd)],
                     stdin=subprocess.DEVNULL, stdout=shim_log, stderr=subprocess.STDOUT,
-                    start_new_session=True, close_fds=True, cwd="/", env=env,
+                    start_new_session=True, close_fds=True, pass_fds=(notify_fd,), cwd="/", env=env,
                 )
         except OSError as e:
             raise RuntimeError_(f"container {final.name}: cannot launch shim: {e}") from e

@@ -12,10 +12,11 @@ The shim
 2. creates the container's cgroup with its limits;
 3. ``unshare(CLONE_NEWPID)`` on itself, so its next child is PID 1 of a new
    PID namespace, and forks that child;
-4. the child joins the cgroup and the pod sandbox's network, UTS and IPC
-   namespaces (``sandbox.py``), unshares mount and cgroup namespaces, builds
-   the root filesystem (``rootfs.py``), joins the pod's user namespace if it
-   has one, points stdout and stderr at two pipes, drops its privileges
+4. the child joins the pod sandbox's network, UTS and IPC namespaces
+   (``sandbox.py``), unshares its mount namespace and builds the root
+   filesystem (``rootfs.py``) while the shim moves it into the cgroup; then it
+   unshares its cgroup namespace, joins the pod's user namespace if it has
+   one, points stdout and stderr at two pipes, drops its privileges
    (``security.py``: capabilities, user, no_new_privs, seccomp) and execs the
    command;
 5. a CLOEXEC pipe tells the shim whether the exec happened: EOF means it did;
@@ -264,13 +265,15 @@ def proc_start_time(pid: int) -> int | None:
 # ---------------------------------------------------------------- the child
 
 
-def _child(config: ConfigBundle, error_fd: int, stdio: _logs.StdioPipes) -> None:
-    """Runs in the forked child (PID 1 of the new PID namespace); never returns."""
+def _child(config: ConfigBundle, error_fd: int, joined_fd: int, stdio: _logs.StdioPipes) -> None:
+    """Runs in the forked child (PID 1 of the new PID namespace); never returns.
+
+    The shim moves this process into the container's cgroup while it builds the
+    root filesystem (see ``run``); ``joined_fd`` says when that is done.
+    """
     step = "start"
     try:
-        step = "join cgroup"
         os.setsid()
-        config.driver.add_self(config.cgroup)
         step = "join pod sandbox"
         # Opened now: after pivot_root the sandbox's files are out of sight.
         ns_fds = {kind: os.open(path, os.O_RDONLY | os.O_CLOEXEC) for kind, path in config.namespaces.items()}
@@ -278,7 +281,7 @@ def _child(config: ConfigBundle, error_fd: int, stdio: _logs.StdioPipes) -> None
             if kind in ns_fds:
                 sc.setns(ns_fds[kind], _NAMESPACE_FLAGS[kind])
         step = "unshare namespaces"
-        own = sc.CLONE_NEWNS | sc.CLONE_NEWCGROUP
+        own = sc.CLONE_NEWNS
         own |= 0 if "uts" in ns_fds else sc.CLONE_NEWUTS
         own |= 0 if "ipc" in ns_fds else sc.CLONE_NEWIPC
         sc.unshare(own)
@@ -301,6 +304,12 @@ def _child(config: ConfigBundle, error_fd: int, stdio: _logs.StdioPipes) -> None
             layers=tuple(c.layer_dirs),
             state_dir=config.dir,
         ))
+        step = "join cgroup"
+        if os.read(joined_fd, 1) != b"1":
+            os._exit(START_ERROR_EXIT_CODE)  # the shim could not move us; it records why
+        os.close(joined_fd)
+        # Only now: a cgroup namespace is rooted at the cgroup its creator is in.
+        sc.unshare(sc.CLONE_NEWCGROUP)
         if "user" in ns_fds:
             # Last, after everything that needs host root: from here on the
             # process is root only in the pod's user namespace. The mount,
@@ -385,8 +394,15 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def run(state_dir: Path) -> int:
-    """The shim proper, after daemonizing. Returns the shim's own exit status."""
+def run(state_dir: Path, notify_fd: int | None = None) -> int:
+    """The shim proper, after daemonizing. Returns the shim's own exit status.
+
+    ``notify_fd``, the write end of the Runtime's pipe, is held close-on-exec:
+    it closes, and the Runtime sees EOF, once this process has become the
+    monitor (``started.json`` written) or has ended (``exit.json`` written).
+    """
+    if notify_fd is not None:
+        os.set_inheritable(notify_fd, False)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     # The pid, and its kernel start time so a recycled pid is never taken for this shim
@@ -410,13 +426,31 @@ def run(state_dir: Path) -> int:
         return 1
 
     err_r, err_w = os.pipe()  # both ends O_CLOEXEC (PEP 446): exec closes the child's copy
+    joined_r, joined_w = os.pipe()
     stdio = _logs.StdioPipes.open()  # the container's stdout and stderr, read by orch-monitor
     pid = os.fork()
     if pid == 0:
         os.close(err_r)
-        _child(bundle, err_w, stdio)
+        os.close(joined_w)
+        _child(bundle, err_w, joined_r, stdio)
     os.close(err_w)
+    os.close(joined_r)
     stdio.close_child_ends()
+    # The child builds its root filesystem meanwhile. Gotcha: a write to cgroup.procs
+    # on v1 waits for an RCU grace period (about 10 ms here, cgroup_threadgroup_rwsem),
+    # the largest single cost of a start; done here, it overlaps the child's mounts.
+    try:
+        bundle.driver.add_pid(bundle.cgroup, pid)
+        os.write(joined_w, b"1")
+    except OSError as e:
+        os.close(joined_w)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        log.error("container %s: start failed: join cgroup: %s", cid, e)
+        _write_start_error(state_dir, f"join cgroup: {e}")
+        _kill_leftovers(bundle)
+        return 0
+    os.close(joined_w)
     # EOF with no text: exec closed the pipe. (A child killed by a signal
     # before exec, e.g. by the OOM killer under a tiny limit, also gives EOF;
     # it is then reported as a run that died of that signal, which it was.)
@@ -486,17 +520,19 @@ def _kill_leftovers(bundle: ConfigBundle) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0].startswith("-"):
-        print("usage: python -m agent.runtime.shim <container_state_dir> [--foreground]", file=sys.stderr)
+        print("usage: python -m agent.runtime.shim <container_state_dir> [--foreground] [--notify-fd FD]",
+              file=sys.stderr)
         return 2
     state_dir = Path(args[0]).resolve()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s shim[%(process)d] {state_dir.name}: %(levelname)s %(message)s")
     # Second fork: the process the Runtime started exits now (the Runtime
     # reaps it), the shim carries on as an orphan adopted by init.
+    notify_fd = int(args[args.index("--notify-fd") + 1]) if "--notify-fd" in args else None
     if "--foreground" not in args and os.fork() > 0:
         os._exit(0)
     try:
-        return run(state_dir)
+        return run(state_dir, notify_fd)
     except BaseException:
         log.error("shim crashed:\n%s", traceback.format_exc())
         raise
