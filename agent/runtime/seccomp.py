@@ -340,6 +340,10 @@ def compiled(profile: Profile, caps: Iterable[str]) -> bytes:
     return bpf
 
 
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+
+
 def load(profile: Profile, caps: Iterable[str], *, set_no_new_privs: bool) -> None:
     """Install ``profile`` for a container with ``caps`` on the calling thread.
 
@@ -353,9 +357,7 @@ def load(profile: Profile, caps: Iterable[str], *, set_no_new_privs: bool) -> No
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
     program = ctypes.create_string_buffer(bpf, len(bpf))
     fprog = _SockFprog(len(bpf) // _BPF_INSTRUCTION, ctypes.cast(program, ctypes.c_void_p))
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
-    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
+    if _prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl(PR_SET_SECCOMP): {os.strerror(err)}")
 

@@ -36,6 +36,7 @@ Python and libraries may be out of sight.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -159,8 +160,12 @@ def security_plan(config: ContainerConfig) -> SecurityPlan:
 # ---------------------------------------------------------------- the kernel side
 
 
+@functools.cache
 def last_capability() -> int:
-    """The highest capability number the running kernel knows (``cap_last_cap``), without reading /proc."""
+    """The highest capability number the running kernel knows (``cap_last_cap``), without reading /proc.
+
+    Cached: a kernel constant, and the fork server's children inherit the answer.
+    """
     last = -1
     while last < 63:
         try:
@@ -169,10 +174,6 @@ def last_capability() -> int:
             break
         last += 1
     return last
-
-
-def _bounding_mask(last_cap: int) -> int:
-    return sum(1 << n for n in range(last_cap + 1) if sc.prctl(sc.PR_CAPBSET_READ, n) == 1)
 
 
 def restrict_current_process(config: ContainerConfig) -> None:
@@ -192,10 +193,10 @@ def restrict_current_process(config: ContainerConfig) -> None:
     if plan.seccomp and not plan.no_new_privs:
         seccomp.load(seccomp.DEFAULT_PROFILE, cap_names, set_no_new_privs=False)
     if caps is not None:
-        bounding = _bounding_mask(last_cap)
         for n in range(last_cap + 1):
-            if bounding & (1 << n) and not keep & (1 << n):
-                sc.prctl(sc.PR_CAPBSET_DROP, n)  # needs CAP_SETPCAP, still effective here
+            if not keep & (1 << n):
+                # Needs CAP_SETPCAP, still effective here; dropping one already gone is no error.
+                sc.prctl(sc.PR_CAPBSET_DROP, n)
     sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
 
     # KEEPCAPS: a switch to a non-root uid would otherwise clear permitted too.
