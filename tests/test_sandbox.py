@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import textwrap
 import threading
@@ -262,3 +263,26 @@ def test_ensure_sandbox_before_any_container(runtime: Runtime) -> None:
     assert (done.exit_code, out) == (0, "early-host\n")
     with pytest.raises(RuntimeError_, match="pod uid"):
         runtime.ensure_sandbox("../x", "h")
+
+
+@requires_root
+def test_namespaces_made_in_place_leave_the_calling_thread_where_it_was(tmp_path: Path) -> None:
+    from agent.runtime.sandbox import create_namespaces
+
+    def mine() -> dict[str, str]:
+        return {k: os.readlink(f"/proc/thread-self/ns/{k}") for k in ("net", "uts", "ipc")}
+
+    before, hostname = mine(), os.uname().nodename
+    try:
+        create_namespaces(tmp_path, "in-place", None)
+        assert mine() == before and os.uname().nodename == hostname
+        made = {k: os.stat(tmp_path / k).st_ino for k in ("net", "uts", "ipc")}
+        assert all(f"[{made[k]}]" not in before[k] for k in made), "the sandbox reused our namespaces"
+        # Inside: its own hostname, and only loopback, up.
+        done = subprocess.run(["nsenter", f"--net={tmp_path / 'net'}", f"--uts={tmp_path / 'uts'}",
+                               "sh", "-c", "hostname; ip -o link"], capture_output=True, text=True, timeout=30)
+        name, *links = done.stdout.splitlines()
+        assert name == "in-place" and len(links) == 1 and "lo: <LOOPBACK,UP," in links[0], done.stdout + done.stderr
+    finally:
+        for p in mounts_under(tmp_path):
+            sc.umount2(p, sc.MNT_DETACH)

@@ -194,17 +194,23 @@ def _write_map(pid: int, name: str, idmap: IdMap) -> None:
         raise OSError(e.errno, f"write /proc/{pid}/{name} ({idmap.map_line().strip()!r}): {e.strerror}") from None
 
 
-def _bind_namespace(pid: int, kind: str, target: Path) -> None:
+def _bind_namespace(pid: int | str, kind: str, target: Path) -> None:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
     os.close(fd)
     sc.mount(f"/proc/{pid}/ns/{kind}", target, None, sc.MS_BIND)
 
 
 def create_namespaces(directory: Path, hostname: str, idmap: IdMap | None) -> None:
-    """Make the sandbox's namespaces in a short-lived child and bind-mount them into ``directory``.
+    """Make the sandbox's namespaces and bind-mount them into ``directory``.
 
-    On error whatever was mounted stays for the caller to tear down.
+    Without a user namespace the calling thread makes them itself and steps
+    back (``_create_in_place``); a user namespace cannot be left again, so then
+    a short-lived child makes them. On error whatever was mounted stays for
+    the caller to tear down.
     """
+    if idmap is None:
+        _create_in_place(directory, hostname)
+        return
     kinds = ("user", "net", "uts", "ipc") if idmap is not None else ("net", "uts", "ipc")
     up_r, up_w = os.pipe()
     down_r, down_w = os.pipe()
@@ -230,6 +236,39 @@ def create_namespaces(directory: Path, hostname: str, idmap: IdMap | None) -> No
         os.close(down_w)  # the child's read returns EOF and it exits
         os.close(up_r)
         os.waitpid(pid, 0)
+
+
+_OWN_NAMESPACES = {"net": sc.CLONE_NEWNET, "uts": sc.CLONE_NEWUTS, "ipc": sc.CLONE_NEWIPC}
+
+
+def _create_in_place(directory: Path, hostname: str) -> None:
+    """Unshare the calling thread into new network, UTS and IPC namespaces, bind-mount them,
+    and return the thread to the namespaces it had.
+
+    Saves the fork of a child (a few milliseconds of a pod's start). Namespaces
+    belong to a thread, so other threads of the process never see the switch.
+    Gotcha: ``/proc/thread-self``, not ``/proc/self`` (the main thread's).
+    """
+    own = {kind: os.open(f"/proc/thread-self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind in _OWN_NAMESPACES}
+    try:
+        sc.unshare(sc.CLONE_NEWNET | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC)
+        try:
+            sc.sethostname(hostname)
+            interface_up("lo")
+            for kind in _OWN_NAMESPACES:
+                _bind_namespace("thread-self", kind, directory / kind)
+        finally:
+            for kind, fd in own.items():
+                try:
+                    sc.setns(fd, _OWN_NAMESPACES[kind])
+                except OSError as e:
+                    # A thread stuck in a pod's namespaces would hand them to everything it
+                    # makes next: end the process rather than carry on in them.
+                    os.write(2, f"sandbox: cannot return to the {kind} namespace: {e}\n".encode())
+                    os._exit(70)
+    finally:
+        for fd in own.values():
+            os.close(fd)
 
 
 NamespaceCreator = Callable[[Path, str, "IdMap | None"], None]
