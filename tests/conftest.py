@@ -3,6 +3,7 @@ cluster tests of one session, and a fresh Kubernetes namespace for each test."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -37,7 +38,8 @@ class LabCluster:
         return next(a for a in self.info["agents"] if a["node"] == node)
 
     def container_pid(self, node: str, cid: str) -> int:
-        return int((Path(self.agent(node)["state_dir"]) / "containers" / cid / "pid").read_text())
+        started = Path(self.agent(node)["state_dir"]) / "containers" / cid / "started.json"
+        return int(json.loads(started.read_text())["pid"])
 
     def orchctl(self, *args: str) -> int:
         from cli.main import main

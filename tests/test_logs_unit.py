@@ -36,28 +36,35 @@ CRI_LINE = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (stdout|stderr)
 _AS_THE_SHIM = """
 import os, sys
 from agent.runtime.logs import StdioPipes
-script, monitor, *options = sys.argv[1:]
+script, monitor, start_error, *options = sys.argv[1:]
 pipes = StdioPipes.open()
+err_r, err_w = os.pipe()  # closed by the exec, as the container's; or fd 9 of a failing "start"
 pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", script], dict(os.environ), file_actions=[
     (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
     (os.POSIX_SPAWN_DUP2, pipes.stdout_w, 1),
     (os.POSIX_SPAWN_DUP2, pipes.stderr_w, 2),
-])
+] + ([(os.POSIX_SPAWN_DUP2, err_w, 9)] if start_error == "1" else []))
 pipes.close_child_ends()
-for fd in (pipes.stdout_r, pipes.stderr_r):
+os.close(err_w)
+for fd in (pipes.stdout_r, pipes.stderr_r, err_r):
     os.set_inheritable(fd, True)
 os.execv(monitor, [monitor, "--pid", str(pid), "--stdout", str(pipes.stdout_r), "--stderr", str(pipes.stderr_r),
-                   *options])
+                   "--error-fd", str(err_r), *options])
 """
 
 
-def run_monitor(tmp_path: Path, script: str, policy: LogPolicy | None = None,
-                *options: str) -> tuple[dict[str, Any], str]:
-    """Run ``sh -c script`` under orch-monitor; returns its exit record and the monitor's stderr."""
+def run_monitor(tmp_path: Path, script: str, policy: LogPolicy | None = None, *options: str,
+                start_error: bool = False) -> tuple[dict[str, Any], str]:
+    """Run ``sh -c script`` under orch-monitor; returns its exit record and the monitor's stderr.
+
+    With ``start_error`` the script gets the error pipe as fd 9, as a container
+    child that fails before its exec has it.
+    """
     policy = policy or LogPolicy()
     done = subprocess.run(
-        [sys.executable, "-c", _AS_THE_SHIM, script, str(monitor.ensure_built()),
+        [sys.executable, "-c", _AS_THE_SHIM, script, str(monitor.ensure_built()), "1" if start_error else "0",
          "--log", str(tmp_path / "container.log"), "--exit-file", str(tmp_path / "exit.json"),
+         "--started-file", str(tmp_path / "started.json"),
          "--log-max-size", str(policy.max_size), "--log-max-files", str(policy.max_files), *options],
         capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -127,6 +134,9 @@ def test_monitor_writes_both_streams_partial_lines_and_passes_on_the_exit_status
         printf 'cut off'; exit 3""")
     assert (record["exitCode"], record["signal"], record["reason"], record["message"]) == (3, None, "Error", None)
     assert abs(parse_timestamp(record["finishedAt"]) - time.time_ns()) < 60 * 10**9
+    started = json.loads((tmp_path / "started.json").read_text())
+    assert set(started) == {"pid", "startedAt", "startTime"} and started["pid"] > 1 and started["startTime"] > 0
+    assert parse_timestamp(started["startedAt"]) <= parse_timestamp(record["finishedAt"])
     got = entries(tmp_path / "container.log")
     out = [(e.tag, e.content) for e in got if e.stream == "stdout"]
     assert out == [("F", b"hello"), ("F", b""), ("F", b"no newline yet - done"), ("P", b"a" * MAX_LINE),
@@ -233,6 +243,19 @@ def test_leftovers_in_the_cgroup_are_killed_after_the_exit_is_recorded(tmp_path:
     finally:
         straggler.kill()
         straggler.wait()
+
+
+def test_a_start_error_is_recorded_with_the_childs_message_and_code(tmp_path: Path) -> None:
+    # What the child writes when something before its exec fails, here with
+    # characters JSON must escape and UTF-8 that must survive.
+    record, err = run_monitor(tmp_path, r"""printf 'exec "/bin/café": No such file\\or\tdirectory\n' >&9; exit 3""",
+                              start_error=True)
+    assert (record["exitCode"], record["signal"], record["reason"]) == (3, None, "StartError")
+    assert record["message"] == 'exec "/bin/café": No such file\\or\tdirectory'
+    assert not (tmp_path / "started.json").exists() and "start failed" in err
+    # A child that fails and exits 0 (or dies of a signal) is still a start error, code 127.
+    record, _ = run_monitor(tmp_path, "printf 'mount: nope' >&9; kill -KILL $$", start_error=True)
+    assert (record["exitCode"], record["reason"], record["message"]) == (127, "StartError", "mount: nope")
 
 
 def test_a_bad_command_line_is_refused(tmp_path: Path) -> None:

@@ -5,17 +5,16 @@ code before it can set a container up; forked from a parent that has imported
 it already (and compiled Docker's seccomp filter), it starts at once. Each
 container still has its own supervisor: the shim sets the container up and
 then execs ``orch-monitor`` (``monitor.c``), which owns the container's
-process, exit status and log. The fork server only makes shims, and once made
-a shim depends on it no more (it is double-forked, adopted by init, like
-conmon). If the fork server dies, the Runtime starts another; running
-containers never notice.
+process, exit status and log. The fork server only makes shims (and reaps
+them), and once made a shim depends on it no more: it runs in a session of its
+own, and if the fork server dies, init adopts it. The Runtime then starts
+another fork server; running containers never notice.
 
 Protocol, on a Unix socket (``<state_dir>/forkserver.sock``), one request per
 connection: the client sends a JSON line ``{"dir": "<container state dir>"}``, with
 the write end of a pipe attached (SCM_RIGHTS) that the shim holds until the
-container has started or failed to; the server forks an intermediate child that
-double-forks the shim and exits, and answers ``{"status": <exit status of the
-intermediate>}``. ``{"sandbox": {"dir",
+container has started or failed to; the server forks the shim and answers
+``{"pid": <the shim's pid>}``. ``{"sandbox": {"dir",
 "hostname", "idmap"}}`` makes a pod's namespaces (sandbox.create_namespaces): they
 need a fork too, and the agent, with gRPC's threads running, must not fork. ``{"hello": true}``
 answers with the server's pid and the fingerprint of the code it loaded, so a
@@ -53,14 +52,33 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
+#: Shims forked and not yet reaped (they live as long as their containers).
+_shims: set[int] = set()
+
+
+def _reap_shims(_signum: int = 0, _frame: object = None) -> None:
+    """SIGCHLD: reap the shims (monitors by then) whose containers have ended.
+
+    Only our shims: the sandbox code waits for its own children itself.
+    """
+    for pid in list(_shims):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _shims.discard(pid)
+
+
 def _spawn_shim(container_dir: Path, notify_fd: int | None) -> int:
-    """Fork the intermediate; it double-forks the shim and exits. Returns its exit status.
+    """Fork the shim, in a session of its own; returns its pid.
 
     ``notify_fd`` (from the client) goes to the shim, which holds it until the
-    container has started or failed to (``shim.run``).
+    container has started or failed to (``shim.run``). If this server dies, its
+    shims are adopted by init and carry on.
     """
     pid = os.fork()
-    if pid == 0:  # the intermediate
+    if pid == 0:  # the shim
         try:
             os.setsid()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
@@ -70,13 +88,12 @@ def _spawn_shim(container_dir: Path, notify_fd: int | None) -> int:
             os.dup2(null, 0)
             os.dup2(log, 1)
             os.dup2(log, 2)
-            args = [str(container_dir)]
+            args = [str(container_dir), "--foreground"]
             if notify_fd is not None:
                 os.dup2(notify_fd, 3)
                 args += ["--notify-fd", "3"]
             os.closerange(4 if notify_fd is not None else 3, 65536)
             os.chdir("/")
-            # shim.main forks once more: this process exits, the shim is adopted by init.
             code = _shim.main(args)
         except BaseException:  # noqa: BLE001 - nothing may unwind into the fork server's loop
             traceback.print_exc()
@@ -85,8 +102,8 @@ def _spawn_shim(container_dir: Path, notify_fd: int | None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    _shims.add(pid)
+    return pid
 
 
 def _make_sandbox(request: dict[str, object]) -> dict[str, object]:
@@ -116,6 +133,7 @@ def serve(sock_path: Path) -> None:
     gc.freeze()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, _reap_shims)
     while True:
         conn, _ = listener.accept()
         fds: list[int] = []
@@ -132,7 +150,7 @@ def serve(sock_path: Path) -> None:
                     if not (container_dir / _shim.CONFIG_FILE).is_file():
                         reply = {"error": f"no container config in {container_dir}"}
                     else:
-                        reply = {"status": _spawn_shim(container_dir, fds[0] if fds else None)}
+                        reply = {"pid": _spawn_shim(container_dir, fds[0] if fds else None)}
             except (OSError, ValueError, KeyError) as e:
                 reply = {"error": f"{type(e).__name__}: {e}"}
             finally:

@@ -1,11 +1,15 @@
 /*
  * orch-monitor: what stays of a container's shim while the container runs.
  *
- * The Python shim (shim.py) sets a container up, forks its PID 1 and, once the
- * exec has happened, execs this program in its own place: same pid, still the
- * parent of the container. A Python process costs about 3 MiB of memory per
+ * The Python shim (shim.py) forks the container's PID 1, moves it into its
+ * cgroup and execs this program in its own place while the child builds the
+ * container's root: same pid, still the parent of the container. A Python process costs about 3 MiB of memory per
  * container even when forked copy-on-write; this one costs a few pages. It
  *
+ *   0. waits for the container's exec (the child's error pipe): writes
+ *      started.json when it happened, or exit.json with reason StartError and
+ *      the child's message when it did not; then closes the Runtime's notify
+ *      pipe, so its start() returns;
  *   1. copies the container's stdout and stderr pipes into the log file in
  *      kubelet's CRI log format ("<RFC3339Nano> <stream> <F|P> <content>\n"),
  *      cutting lines longer than 16 KiB into P pieces and rotating the file by
@@ -17,8 +21,9 @@
  *      signal), and reason OOMKilled when the cgroup's OOM counter moved;
  *   4. kills whatever is left in the container's cgroups, and exits.
  *
- *   orch-monitor --pid PID --stdout FD --stderr FD --log PATH --log-max-size N
- *                --log-max-files N --exit-file PATH [--oom-events FILE]
+ *   orch-monitor --pid PID --stdout FD --stderr FD --log PATH --exit-file PATH
+ *                [--error-fd FD --started-file PATH] [--notify-fd FD]
+ *                [--log-max-size N] [--log-max-files N] [--oom-events FILE]
  *                [--oom-failcnt FILE] [--cgroup DIR]... [--cgroup-kill FILE]
  *
  * The log format and rotation rules are logs.py's (its docstring is the
@@ -314,8 +319,57 @@ static int oom_killed(const char *events, const char *failcnt, int sigkilled) {
     return hits > 0;
 }
 
+/* A file a reader sees whole or not at all (shim.write_json_atomic); fsync'd if asked. */
+static void write_atomic(const char *path, const char *body, size_t len, int sync) {
+    char tmp[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    int dirlen = slash ? (int)(slash - path + 1) : 0;
+    snprintf(tmp, sizeof tmp, "%.*s.%s.tmp", dirlen, path, slash ? slash + 1 : path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0 || write(fd, body, len) != (ssize_t)len || (sync && fsync(fd) < 0) || close(fd) < 0 ||
+        rename(tmp, path) < 0)
+        warn("writing %s: %s", path, strerror(errno));
+}
+
+static void rfc3339_now(char *out, size_t size) {
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(out, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* TEXT as a JSON string: quotes, backslashes and control characters escaped,
+ * well-formed UTF-8 kept, any other byte replaced with '?' (json.loads must take it). */
+static void json_string(char *out, size_t size, const char *text) {
+    size_t o = 0;
+    const unsigned char *t = (const unsigned char *)text;
+    out[o++] = '"';
+    while (*t && o + 8 < size) {
+        int n = *t < 0x80 ? 1 : (*t & 0xE0) == 0xC0 ? 2 : (*t & 0xF0) == 0xE0 ? 3 : (*t & 0xF8) == 0xF0 ? 4 : 0;
+        for (int k = 1; k < n; k++)
+            if ((t[k] & 0xC0) != 0x80)
+                n = 0;
+        if (n == 0) {
+            out[o++] = '?';
+            t++;
+        } else if (*t == '"' || *t == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)*t++;
+        } else if (*t < 0x20) {
+            o += snprintf(out + o, size - o, "\\u%04x", *t++);
+        } else {
+            memcpy(out + o, t, n);
+            o += n;
+            t += n;
+        }
+    }
+    out[o++] = '"';
+    out[o] = '\0';
+}
+
+/* The exit record (shim.py's exit.json): the code as Kubernetes reports it. */
 static void write_exit(const char *path, int status, const char *events, const char *failcnt) {
-    char tmp[PATH_MAX], finished[32], body[512];
+    char finished[32], body[512];
     int sig = -1, code;
     if (status == -1) {
         code = 255; /* runtime.LOST_EXIT_CODE */
@@ -340,10 +394,7 @@ static void write_exit(const char *path, int status, const char *events, const c
         if (oom)
             reason = "OOMKilled";
     }
-    time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(finished, sizeof finished, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    rfc3339_now(finished, sizeof finished);
     char sigtext[16] = "null";
     if (sig >= 0)
         snprintf(sigtext, sizeof sigtext, "%d", sig);
@@ -351,13 +402,45 @@ static void write_exit(const char *path, int status, const char *events, const c
                        "{\"exitCode\": %d, \"signal\": %s, \"finishedAt\": \"%s\", \"reason\": \"%s\", "
                        "\"message\": %s}\n", code, sigtext, finished, reason,
                        status == -1 ? "\"the container's monitor could not collect its exit status\"" : "null");
-    /* Like shim.write_json_atomic: a reader sees no file or the whole record. */
-    const char *slash = strrchr(path, '/');
-    int dirlen = slash ? (int)(slash - path + 1) : 0;
-    snprintf(tmp, sizeof tmp, "%.*s.%s.tmp", dirlen, path, slash ? slash + 1 : path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0 || write(fd, body, len) != len || fsync(fd) < 0 || close(fd) < 0 || rename(tmp, path) < 0)
-        warn("writing %s: %s", path, strerror(errno));
+    write_atomic(path, body, len, 1);
+}
+
+/* A start error (the child's text on the error pipe): exit.json with reason StartError
+ * and the child's exit code where it gave one (shim._write_start_error). */
+static void write_start_error(const char *path, int status, const char *text) {
+    char finished[32], message[4 * 4096], body[sizeof message + 256];
+    int code = WIFEXITED(status) && WEXITSTATUS(status) > 0 ? WEXITSTATUS(status) : 127;
+    rfc3339_now(finished, sizeof finished);
+    json_string(message, sizeof message, text);
+    int len = snprintf(body, sizeof body,
+                       "{\"exitCode\": %d, \"signal\": null, \"finishedAt\": \"%s\", \"reason\": \"StartError\", "
+                       "\"message\": %s}\n", code, finished, message);
+    write_atomic(path, body, len, 1);
+}
+
+/* Field 22 of /proc/PID/stat (start time in clock ticks); -1 if unreadable.
+ * Gotcha: field 2 (comm) may hold spaces and ')', so count from the last ')'. */
+static long long proc_start_time(pid_t pid) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return -1;
+    p += 2; /* field 3 */
+    for (int field = 3; field < 22 && p; field++) {
+        p = strchr(p, ' ');
+        if (p)
+            p++;
+    }
+    return p ? strtoll(p, NULL, 10) : -1;
 }
 
 /* SIGKILL every process listed in DIR's cgroup.procs and below; the number found. */
@@ -408,8 +491,44 @@ static void kill_leftovers(char **dirs, int ndirs, const char *kill_file) {
     warn("processes still listed in the container's cgroups after SIGKILL");
 }
 
+/* Until the container's exec: the child's error pipe closes on exec (EOF: it ran,
+ * started.json) or carries the text of what failed (exit.json, StartError).
+ * Returns whether the container runs. */
+static int watch_start(pid_t pid, int error_fd, const char *started, const char *exit_file) {
+    char text[4096], body[256], at[32];
+    size_t len = 0;
+    for (;;) {
+        ssize_t n = read(error_fd, text + len, sizeof text - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0 || (len += n) == sizeof text - 1)
+            break;
+    }
+    close(error_fd);
+    text[len] = '\0';
+    while (len && (text[len - 1] == '\n' || text[len - 1] == ' '))
+        text[--len] = '\0';
+    if (len) {
+        int status = 0;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+            ;
+        warn("start failed: %s", text);
+        write_start_error(exit_file, status, text);
+        return 0;
+    }
+    /* (A child killed before its exec, e.g. by the OOM killer under a tiny limit,
+     * also gives EOF; it is then reported as a run that died of that signal.)
+     * No fsync: after a crash of the node the container is gone anyway. */
+    rfc3339_now(at, sizeof at);
+    int n = snprintf(body, sizeof body, "{\"pid\": %d, \"startedAt\": \"%s\", \"startTime\": %lld}\n",
+                     (int)pid, at, proc_start_time(pid));
+    write_atomic(started, body, n, 0);
+    warn("container started: pid %d", (int)pid);
+    return 1;
+}
+
 enum { O_PID = 1, O_STDOUT, O_STDERR, O_LOG, O_MAX_SIZE, O_MAX_FILES, O_EXIT, O_OOM_EVENTS, O_OOM_FAILCNT,
-       O_CGROUP, O_CGROUP_KILL };
+       O_CGROUP, O_CGROUP_KILL, O_ERROR_FD, O_STARTED, O_NOTIFY_FD };
 
 int main(int argc, char **argv) {
     static const struct option options[] = {
@@ -424,10 +543,14 @@ int main(int argc, char **argv) {
         {"oom-failcnt", required_argument, 0, O_OOM_FAILCNT},
         {"cgroup", required_argument, 0, O_CGROUP},
         {"cgroup-kill", required_argument, 0, O_CGROUP_KILL},
+        {"error-fd", required_argument, 0, O_ERROR_FD},
+        {"started-file", required_argument, 0, O_STARTED},
+        {"notify-fd", required_argument, 0, O_NOTIFY_FD},
         {0, 0, 0, 0},
     };
     pid_t pid = 0;
-    const char *exit_file = NULL, *oom_events = NULL, *oom_failcnt = NULL, *cgroup_kill = NULL;
+    const char *exit_file = NULL, *oom_events = NULL, *oom_failcnt = NULL, *cgroup_kill = NULL, *started = NULL;
+    int error_fd = -1, notify_fd = -1;
     char **cgroups = calloc(argc, sizeof *cgroups);
     int ncgroups = 0, opt;
     streams[0] = (struct stream){.fd = -1, .name = "stdout"};
@@ -447,13 +570,18 @@ int main(int argc, char **argv) {
         case O_OOM_FAILCNT: oom_failcnt = optarg; break;
         case O_CGROUP: cgroups[ncgroups++] = optarg; break;
         case O_CGROUP_KILL: cgroup_kill = optarg; break;
+        case O_ERROR_FD: error_fd = (int)parse_num(optarg, "error-fd", 0); break;
+        case O_STARTED: started = optarg; break;
+        case O_NOTIFY_FD: notify_fd = (int)parse_num(optarg, "notify-fd", 0); break;
         default: return 2;
         }
     }
-    if (!pid || streams[0].fd < 0 || streams[1].fd < 0 || !out.path || !exit_file || optind != argc) {
+    if (!pid || streams[0].fd < 0 || streams[1].fd < 0 || !out.path || !exit_file || optind != argc ||
+        (error_fd >= 0) != (started != NULL)) {
         fprintf(stderr, "usage: orch-monitor --pid PID --stdout FD --stderr FD --log PATH --exit-file PATH "
-                        "[--log-max-size N] [--log-max-files N] [--oom-events FILE] [--oom-failcnt FILE] "
-                        "[--cgroup DIR]... [--cgroup-kill FILE]\n");
+                        "[--error-fd FD --started-file PATH] [--notify-fd FD] [--log-max-size N] "
+                        "[--log-max-files N] [--oom-events FILE] [--oom-failcnt FILE] [--cgroup DIR]... "
+                        "[--cgroup-kill FILE]\n");
         return 2;
     }
     out.reported_at = -REPORT_EVERY_S;
@@ -465,6 +593,12 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     for (int i = 0; i < 2; i++)
         fcntl(streams[i].fd, F_SETFL, fcntl(streams[i].fd, F_GETFL) | O_NONBLOCK);
+    if (error_fd >= 0 && !watch_start(pid, error_fd, started, exit_file)) {
+        kill_leftovers(cgroups, ncgroups, cgroup_kill);
+        return 0;
+    }
+    if (notify_fd >= 0)
+        close(notify_fd); /* the Runtime's start() returns */
     /* Without a pidfd (gone already, or a kernel before 5.3) EOF alone ends the pump. */
     int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     open_log();

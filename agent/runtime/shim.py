@@ -1,17 +1,18 @@
 """The per-container supervisor (like conmon), and the on-disk contract it shares with the Runtime.
 
-Run as ``python -m agent.runtime.shim <container_state_dir>``. The Runtime
-starts it in a new session; it forks once more and the first process exits, so
-the shim is nobody's child but init's: killing the agent (even with SIGKILL)
-never reaches the shim or its container, and the agent collects no zombie.
+Forked by the node's fork server (``forkserver.py``) in a session of its own,
+or, when that cannot be had, run as ``python -m agent.runtime.shim
+<container_state_dir>``, which forks once more so that init adopts it. Either
+way killing the agent (even with SIGKILL) never reaches the shim or its
+container, and the agent collects no zombie.
 
 The shim
 
 1. writes ``shim.pid``, ignores SIGTERM/SIGINT/SIGHUP (it ends only when its
    container does);
-2. creates the container's cgroup with its limits;
-3. ``unshare(CLONE_NEWPID)`` on itself, so its next child is PID 1 of a new
+2. ``unshare(CLONE_NEWPID)`` on itself, so its next child is PID 1 of a new
    PID namespace, and forks that child;
+3. creates the container's cgroup with its limits and moves the child in;
 4. the child joins the pod sandbox's network, UTS and IPC namespaces
    (``sandbox.py``), unshares its mount namespace and builds the root
    filesystem (``rootfs.py``) while the shim moves it into the cgroup; then it
@@ -19,13 +20,13 @@ The shim
    one, points stdout and stderr at two pipes, drops its privileges
    (``security.py``: capabilities, user, no_new_privs, seccomp) and execs the
    command;
-5. a CLOEXEC pipe tells the shim whether the exec happened: EOF means it did;
-   a line of text is the child's error, which becomes ``exit.json`` with
-   ``reason: StartError``;
-6. on success the shim writes ``pid`` and ``started.json`` and execs
-   ``orch-monitor`` (``monitor.c``, built by ``monitor.py``) in its own
-   place: same pid, still the container's parent, a few pages of memory
-   instead of a Python heap. The monitor copies the pipes into
+5. once the child is in its cgroup, the shim execs ``orch-monitor``
+   (``monitor.c``, built by ``monitor.py``) in its own place: same pid, still
+   the container's parent, a few pages of memory instead of a Python heap;
+6. a CLOEXEC pipe tells the monitor whether the exec happened: EOF means it
+   did, and the monitor writes ``started.json``; a line of text is the child's
+   error, which becomes ``exit.json`` with ``reason: StartError``. The monitor
+   then closes the Runtime's notify pipe, copies the pipes into
    ``container.log`` in the CRI log format (``logs.py``) until the child
    exits, reaps it, writes ``exit.json`` atomically (with the OOM verdict
    from the files ``CgroupDriver.oom_evidence`` names), kills whatever is
@@ -40,7 +41,6 @@ State directory layout (``<state_dir>/containers/<id>/``)::
     rootfs/         empty dir; the container's / is mounted on it in its own mount ns
     shim.pid        pid of the shim                       shim
     shim.log        the shim's own log                    shim (stderr)
-    pid             host pid of the container's PID 1     shim, after exec
     started.json    {"pid", "startedAt", "startTime"}     shim, after exec
     container.log   the container's stdout+stderr, CRI log format, rotated to
                     container.log.1 ... (logs.py)            shim
@@ -88,7 +88,6 @@ RUNTIME_FILE = "runtime.json"
 ROOTFS_DIR = "rootfs"
 SHIM_PID_FILE = "shim.pid"
 SHIM_LOG_FILE = "shim.log"
-PID_FILE = "pid"
 STARTED_FILE = "started.json"
 EXIT_FILE = "exit.json"
 LOG_FILE = "container.log"
@@ -377,9 +376,10 @@ def _load(state_dir: Path) -> ConfigBundle:
     )
 
 
-def _write_start_error(state_dir: Path, message: str, exit_code: int = START_ERROR_EXIT_CODE) -> None:
+def _write_start_error(state_dir: Path, message: str) -> None:
+    """A start that failed before orch-monitor took over (which records the later ones itself)."""
     write_json_atomic(state_dir / EXIT_FILE, {
-        "exitCode": exit_code,
+        "exitCode": START_ERROR_EXIT_CODE,
         "signal": None,
         "finishedAt": rfc3339(),
         "reason": "StartError",
@@ -387,19 +387,12 @@ def _write_start_error(state_dir: Path, message: str, exit_code: int = START_ERR
     })
 
 
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def run(state_dir: Path, notify_fd: int | None = None) -> int:
     """The shim proper, after daemonizing. Returns the shim's own exit status.
 
-    ``notify_fd``, the write end of the Runtime's pipe, is held close-on-exec:
-    it closes, and the Runtime sees EOF, once this process has become the
-    monitor (``started.json`` written) or has ended (``exit.json`` written).
+    ``notify_fd``, the write end of the Runtime's pipe, closes (the Runtime sees
+    EOF) once the container has started (``started.json`` written) or failed
+    to (``exit.json`` written): the monitor closes it, or this process's exit.
     """
     if notify_fd is not None:
         os.set_inheritable(notify_fd, False)
@@ -416,11 +409,10 @@ def run(state_dir: Path, notify_fd: int | None = None) -> int:
         return 1
     cid = bundle.container.id
     try:
-        bundle.driver.create(bundle.cgroup, bundle.container.limits())
         # From here the shim must fork exactly once: the first child is the
         # namespace's PID 1, and after it dies no fork in this namespace works.
         sc.unshare(sc.CLONE_NEWPID)
-    except Exception as e:  # noqa: BLE001
+    except OSError as e:
         log.error("container %s: setup failed: %s", cid, e)
         _write_start_error(state_dir, f"setup: {e}")
         return 1
@@ -436,46 +428,33 @@ def run(state_dir: Path, notify_fd: int | None = None) -> int:
     os.close(err_w)
     os.close(joined_r)
     stdio.close_child_ends()
-    # The child builds its root filesystem meanwhile. Gotcha: a write to cgroup.procs
-    # on v1 waits for an RCU grace period (about 10 ms here, cgroup_threadgroup_rwsem),
-    # the largest single cost of a start; done here, it overlaps the child's mounts.
+    # The child builds its root filesystem meanwhile, while this process makes the
+    # cgroup and moves the child in. Gotcha: a write to cgroup.procs on v1 waits for
+    # an RCU grace period (about 10 ms here, cgroup_threadgroup_rwsem), the largest
+    # single cost of a start; done here, it overlaps the child's mounts.
+    step = "create cgroup"
     try:
+        bundle.driver.create(bundle.cgroup, bundle.container.limits())
+        step = "join cgroup"
         bundle.driver.add_pid(bundle.cgroup, pid)
         os.write(joined_w, b"1")
-    except OSError as e:
+    except (OSError, ValueError) as e:
         os.close(joined_w)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        log.error("container %s: start failed: join cgroup: %s", cid, e)
-        _write_start_error(state_dir, f"join cgroup: {e}")
+        log.error("container %s: start failed: %s: %s", cid, step, e)
+        _write_start_error(state_dir, f"{step}: {e}")
         _kill_leftovers(bundle)
         return 0
     os.close(joined_w)
-    # EOF with no text: exec closed the pipe. (A child killed by a signal
-    # before exec, e.g. by the OOM killer under a tiny limit, also gives EOF;
-    # it is then reported as a run that died of that signal, which it was.)
-    error = _read_all(err_r).decode(errors="replace").strip()
-    os.close(err_r)
 
-    if error:
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        log.error("container %s: start failed: %s", cid, error)
-        _write_start_error(state_dir, error, code if code > 0 else START_ERROR_EXIT_CODE)
-        _kill_leftovers(bundle)
-        return 0
-
-    start_time = proc_start_time(pid)
-    write_text_atomic(state_dir / PID_FILE, f"{pid}\n")
-    write_json_atomic(state_dir / STARTED_FILE, {"pid": pid, "startedAt": rfc3339(), "startTime": start_time})
-    log.info("container %s (pod %s/%s): started pid %d", cid, bundle.container.pod_namespace,
-             bundle.container.pod_name, pid)
-
-    # From here orch-monitor (monitor.c) takes this process's place: it copies the
-    # output into the CRI log, reaps the container and writes exit.json after the
-    # log's last write.
+    # From here orch-monitor (monitor.c) takes this process's place, while the child
+    # still builds the container: it reads the child's error pipe (EOF: the exec
+    # happened, started.json; text: exit.json with reason StartError), closes the
+    # notify pipe, copies the output into the CRI log, reaps the container and
+    # writes exit.json after the log's last write.
     try:
-        _exec_monitor(bundle, pid, stdio)
+        _exec_monitor(bundle, pid, stdio, err_r, notify_fd)
     except OSError as e:
         # Nobody would read the container's pipes or its exit: end it now.
         log.error("container %s: cannot exec the monitor %s: %s", cid, bundle.monitor, e)
@@ -486,14 +465,20 @@ def run(state_dir: Path, notify_fd: int | None = None) -> int:
     return 0
 
 
-def _exec_monitor(bundle: ConfigBundle, pid: int, stdio: _logs.StdioPipes) -> None:
-    """Become orch-monitor (monitor.c): it logs the container's output, then records its exit."""
+def _exec_monitor(bundle: ConfigBundle, pid: int, stdio: _logs.StdioPipes, error_fd: int,
+                  notify_fd: int | None) -> None:
+    """Become orch-monitor (monitor.c): it sees the container start, logs its output, records its exit."""
     policy = _logs.LogPolicy.from_env()
     oom = bundle.driver.oom_evidence(bundle.cgroup)
     argv = [bundle.monitor, "--pid", str(pid), "--stdout", str(stdio.stdout_r), "--stderr", str(stdio.stderr_r),
             "--log", str(bundle.dir / LOG_FILE), "--log-max-size", str(policy.max_size),
             "--log-max-files", str(policy.max_files), "--exit-file", str(bundle.dir / EXIT_FILE),
+            "--error-fd", str(error_fd), "--started-file", str(bundle.dir / STARTED_FILE),
             "--oom-events", str(oom.events)]
+    passed = [stdio.stdout_r, stdio.stderr_r, error_fd]
+    if notify_fd is not None:
+        argv += ["--notify-fd", str(notify_fd)]
+        passed.append(notify_fd)
     if oom.failcnt is not None:
         argv += ["--oom-failcnt", str(oom.failcnt)]
     for d in bundle.driver.dirs(bundle.cgroup):
@@ -501,7 +486,7 @@ def _exec_monitor(bundle: ConfigBundle, pid: int, stdio: _logs.StdioPipes) -> No
     kill_file = bundle.driver.kill_file(bundle.cgroup)
     if kill_file is not None:
         argv += ["--cgroup-kill", str(kill_file)]
-    for fd in (stdio.stdout_r, stdio.stderr_r):
+    for fd in passed:
         os.set_inheritable(fd, True)
     sys.stdout.flush()
     sys.stderr.flush()
