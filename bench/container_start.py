@@ -13,7 +13,7 @@ its container's namespaces. The clock starts right before ``start`` is called; t
   agent waits for;
 * ``pid1-exit``: the container's PID 1 (``/bin/true``) observed exiting, through a pidfd on the pid
   the runtime reported (if ``start`` returned EXITED, the return instant: an upper bound);
-* ``exit-recorded`` (**headline**): the shim's ``exit.json`` exists, i.e. ``Runtime.state`` would
+* ``exit-recorded`` (**headline**): the container's ``exit.json`` (written by its monitor) exists, i.e. ``Runtime.state`` would
   answer EXITED — the container ran and its exit is known to the caller. Polled every 0.2 ms.
 
 **runc** (the reference): ``runc --root <tmp> run --bundle <bundle> <id>`` of an OCI bundle
