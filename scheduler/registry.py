@@ -30,6 +30,9 @@ from scheduler.store import Store, Write
 
 log = logging.getLogger(__name__)
 
+#: A delete re-reads and tries again when the object changed under it (kubectl's delete never conflicts).
+DELETE_ATTEMPTS = 5
+
 USER_OWNED_METADATA = ("labels", "annotations", "ownerReferences")
 
 
@@ -175,12 +178,22 @@ class Registry:
 
     async def delete(self, kind: Kind, namespace: str | None, name: str,
                      grace_period_seconds: int | None = None) -> Obj:
-        obj = await self.store.get(kind, namespace, name)
-        if kind is POD:
-            return await self._delete_pod(obj, grace_period_seconds)
-        await self.store.delete(obj, expected_rv=int(obj["metadata"]["resourceVersion"]))
-        log.info("deleted %s %s", kind.kind, ref(obj))
-        return obj
+        conflicts = 0
+        while True:
+            obj = await self.store.get(kind, namespace, name)
+            try:
+                if kind is POD:
+                    return await self._delete_pod(obj, grace_period_seconds)
+                await self.store.delete(obj, expected_rv=int(obj["metadata"]["resourceVersion"]))
+            except ConflictError:
+                # Changed between our read and our write (a pod bound meanwhile, a status
+                # written): a delete is not an update, so it goes on with what is there now.
+                conflicts += 1
+                if conflicts == DELETE_ATTEMPTS:
+                    raise
+                continue
+            log.info("deleted %s %s", kind.kind, ref(obj))
+            return obj
 
     async def _delete_pod(self, pod: Obj, grace: int | None) -> Obj:
         node_name = pod["spec"].get("nodeName")

@@ -51,14 +51,15 @@ def test_lab_up_then_down_leaves_nothing_behind(tmp_path: Path) -> None:
         def container_pids() -> list[int]:
             pids = []
             for agent in state["agents"]:
-                for pidfile in Path(agent["stateDir"], "containers").glob("*/pid"):
-                    pids.append(int(pidfile.read_text()))
+                for started in Path(agent["stateDir"], "containers").glob("*/started.json"):
+                    pids.append(int(json.loads(started.read_text())["pid"]))
             return pids
 
         pids = wait_for(container_pids, timeout=60, what="the pod's container to start")
         shims = [int(p.read_text().split()[0])
                  for a in state["agents"] for p in Path(a["stateDir"], "containers").glob("*/shim.pid")]
-        procs = [state["etcd"]["pid"], state["scheduler"]["pid"], *(a["pid"] for a in state["agents"]), *pids, *shims]
+        procs = [state["etcd"]["pid"], *(s["pid"] for s in state["schedulers"]), *(a["pid"] for a in state["agents"]),
+                 *pids, *shims]
         assert all(pid_alive(p) for p in procs)
         assert lab_cgroups(ident), "the lab made no cgroups at all"
     finally:

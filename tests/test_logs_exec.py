@@ -190,8 +190,13 @@ def test_exec_runs_inside_the_containers_namespaces_and_cgroup(lab: LabCluster, 
     proc = popen(lab, "exec", "target", "-n", ns, "--", "sh", "-c", "echo ready; exec sleep 30")
     try:
         assert read_lines(proc, 1, timeout=15) == ["ready"]
-        procs = {int(p) for p in (cgroup_dir(cpid, "memory") / "cgroup.procs").read_text().split()}
-        (epid,) = [p for p in procs if _cmdline(p) == ["sleep", "30"]]
+
+        def exec_sleep() -> list[int]:
+            # "ready" comes before the shell execs sleep: look until it has.
+            procs = {int(p) for p in (cgroup_dir(cpid, "memory") / "cgroup.procs").read_text().split()}
+            return [p for p in procs if _cmdline(p) == ["sleep", "30"]]
+
+        (epid,) = wait_for(exec_sleep, timeout=15, what="the exec'd sleep in the container's cgroup")
         assert nspid(epid)[0] == epid and 1 < nspid(epid)[-1] < 1000
         for kind in ("pid", "mnt", "uts", "ipc", "net", "cgroup", "user"):
             assert ns_inode(epid, kind) == ns_inode(cpid, kind), kind
