@@ -21,8 +21,11 @@ class Kind:
 POD = Kind("Pod", "v1", "pods", True, ("po", "pod"))
 DEPLOYMENT = Kind("Deployment", "apps/v1", "deployments", True, ("deploy", "deployment"))
 NODE = Kind("Node", "v1", "nodes", False, ("no", "node"))
+# Read-only through the API (validation does not accept it): the schedulers' leader
+# election record, as kube-system/kube-scheduler is in Kubernetes (scheduler/leader.py).
+LEASE = Kind("Lease", "coordination.k8s.io/v1", "leases", True, ("lease",))
 
-KINDS: dict[str, Kind] = {k.kind: k for k in (POD, DEPLOYMENT, NODE)}
+KINDS: dict[str, Kind] = {k.kind: k for k in (POD, DEPLOYMENT, NODE, LEASE)}
 
 
 def kind_for(word: str) -> Kind | None:

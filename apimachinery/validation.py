@@ -58,6 +58,7 @@ __all__ = [
     "default_image_pull_policy",
     "pod_requests",
     "validate",
+    "validate_node_spec",
 ]
 
 #: kind → the apiVersion it is served at.
@@ -84,12 +85,13 @@ _KUBERNETES_ONLY = frozenset({
     "appArmorProfile", "automountServiceAccountToken", "claims", "dnsConfig", "dnsPolicy",
     "enableServiceLinks", "envFrom", "ephemeralContainers", "finalizers", "fsGroupChangePolicy",
     "hostAliases", "hostIPC", "hostNetwork", "hostPID", "imagePullSecrets", "initContainers",
-    "lifecycle", "managedFields", "os", "overhead", "preemptionPolicy", "priorityClassName",
+    "lifecycle", "managedFields", "matchLabelKeys", "mismatchLabelKeys", "nodeAffinityPolicy",
+    "nodeTaintsPolicy", "os", "overhead", "preemptionPolicy", "priorityClassName",
     "procMount", "readinessGates", "resizePolicy", "resourceClaims", "runtimeClassName",
     "schedulingGates", "seLinuxOptions", "seccompProfile", "selfLink", "serviceAccount",
     "serviceAccountName", "setHostnameAsFQDN", "shareProcessNamespace", "stdinOnce", "subdomain",
     "supplementalGroups", "sysctls", "terminationMessagePath", "terminationMessagePolicy",
-    "topologySpreadConstraints", "valueFrom", "volumeDevices", "volumeMounts", "volumes",
+    "valueFrom", "volumeDevices", "volumeMounts", "volumes",
     "windowsOptions",
 })
 
@@ -803,6 +805,38 @@ _AFFINITY = _struct({
     "podAntiAffinity": _pod_affinity(),
 })
 
+def _topology_spread_constraint(errors: _Errors, value: Any, path: str) -> Any:
+    out = _fields(errors, value, path, {
+        "maxSkew": _integer(1, INT32_MAX),
+        "topologyKey": _string(nonempty=True, rule=validate_label_key),
+        "whenUnsatisfiable": _enum("DoNotSchedule", "ScheduleAnyway"),
+        "labelSelector": _label_selector,
+        "minDomains": _integer(1, INT32_MAX),
+    }, required=("maxSkew", "topologyKey", "whenUnsatisfiable"))
+    if out is None:
+        return _BAD
+    if "minDomains" in out and out.get("whenUnsatisfiable") == "ScheduleAnyway":
+        errors.add(_field(path, "minDomains"), 'may only be set when whenUnsatisfiable is "DoNotSchedule"')
+    return out
+
+
+def _topology_spread_constraints(errors: _Errors, value: Any, path: str) -> Any:
+    """Kubernetes: no two constraints may share both topologyKey and whenUnsatisfiable."""
+    out = _list(_topology_spread_constraint)(errors, value, path)
+    if out is _BAD:
+        return _BAD
+    seen: set[tuple[str, str]] = set()
+    for i, c in enumerate(out):
+        if not isinstance(c, dict) or "topologyKey" not in c or "whenUnsatisfiable" not in c:
+            continue
+        pair = (c["topologyKey"], c["whenUnsatisfiable"])
+        if pair in seen:
+            errors.add(_field(_index(path, i), "topologyKey"),
+                       f'duplicate constraint on "{pair[0]}" with whenUnsatisfiable "{pair[1]}"')
+        seen.add(pair)
+    return out
+
+
 _POD_SECURITY_FIELDS: dict[str, Check] = {
     "runAsUser": _integer(0, INT32_MAX),
     "runAsGroup": _integer(0, INT32_MAX),
@@ -822,6 +856,7 @@ _POD_SPEC_FIELDS: dict[str, Check] = {
     "priority": _integer(-(2**31), INT32_MAX),
     "tolerations": _list(_toleration),
     "affinity": _AFFINITY,
+    "topologySpreadConstraints": _topology_spread_constraints,
     "hostUsers": _boolean,
     "securityContext": _struct(_POD_SECURITY_FIELDS),
 }
@@ -969,6 +1004,55 @@ def _template_labels(template: Any, raw_template: Any) -> dict[str, str] | None:
     if raw_labels is not None and (not isinstance(raw_labels, dict) or len(labels) != len(raw_labels)):
         return None  # _labels keeps only the valid entries
     return labels
+
+
+# --- node ----------------------------------------------------------------------------------
+
+
+def _taint(errors: _Errors, value: Any, path: str) -> Any:
+    out = _fields(errors, value, path, {
+        "key": _string(nonempty=True, rule=validate_label_key),
+        "value": _string(rule=validate_label_value),
+        "effect": _enum("NoSchedule", "PreferNoSchedule", "NoExecute"),
+        "timeAdded": _string(rule=_rfc3339),
+    }, required=("key", "effect"))
+    return _BAD if out is None else out
+
+
+def _taints(errors: _Errors, value: Any, path: str) -> Any:
+    """Kubernetes: taints are unique by key and effect."""
+    out = _list(_taint)(errors, value, path)
+    if out is _BAD:
+        return _BAD
+    seen: set[tuple[str, str]] = set()
+    for i, taint in enumerate(out):
+        if not isinstance(taint, dict) or "key" not in taint or "effect" not in taint:
+            continue
+        pair = (taint["key"], taint["effect"])
+        if pair in seen:
+            errors.add(_index(path, i), f'duplicate taint with key "{pair[0]}" and effect "{pair[1]}"')
+        seen.add(pair)
+    return out
+
+
+_NODE_SPEC_FIELDS: dict[str, Check] = {
+    "taints": _taints,
+    "unschedulable": _boolean,
+    "podCIDR": _string(),
+    "podCIDRs": _list(_string()),
+    "providerID": _string(),
+}
+
+
+def validate_node_spec(spec: Any) -> dict[str, Any]:
+    """Validate a Node's ``spec`` (taints, unschedulable) whole, for whatever writes one
+    (cordon, taint, registration); a new dict, or a ValidationError naming ``spec.…`` paths."""
+    errors = _Errors()
+    out = _fields(errors, spec, "spec", _NODE_SPEC_FIELDS)
+    if errors.items:
+        raise ValidationError(errors.items)
+    assert out is not None
+    return out
 
 
 _KIND_SPECS: dict[str, Check] = {"Pod": _pod_spec, "Deployment": _deployment_spec}

@@ -1,15 +1,28 @@
 """The scheduling framework: extension points as small Protocols, as in kube-scheduler.
 
-A scheduling cycle for one pod runs every PreFilter plugin once (writing what the
-Filters need into the CycleState), every Filter plugin for every node, then every
-Score plugin for the nodes that passed, and picks the highest weighted sum. "Does
-not fit" is a ``Status`` with a reason, never an exception; the reasons of every
-node are summed up in the message a Pending pod carries:
+One scheduling cycle for one pod, in one profile (a ``Framework``):
 
-    0/2 nodes are available: 1 Insufficient memory, 1 node(s) didn't match Pod's node affinity/selector.
+    PreFilter ─▶ Filter (every node) ─▶ PostFilter (only when no node fits)
+              ─▶ PreScore ─▶ Score (+ NormalizeScore) ─▶ Reserve ─▶ Bind
 
-``framework.schedule`` is a pure function of the pod and the NodeInfos: the loop
-in ``scheduler.scheduling`` does the I/O.
+A plugin is a small class with a ``name`` and one method per extension point it
+implements; a profile lists which plugins run at which point (see
+``scheduler.config``). PreFilter and PreScore run once per pod and write what the
+later points need into the ``CycleState``; a PreFilter or PreScore that returns
+``Status.skip()`` says "nothing to check for this pod", and its Filter or Score is
+not called at all in this cycle (kube-scheduler's Skip code; it keeps cheap the
+pods that use no affinity, taints or spread).
+
+"Does not fit" is a ``Status`` with a reason, never an exception; the reasons of
+every node are summed up, in kube-scheduler's words and order, in the message a
+Pending pod carries:
+
+    0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint {dedicated: gpu}.
+
+``Framework.schedule`` is a pure function of the pod and the NodeInfos, so the
+whole decision is unit-tested without I/O. Reserve, Unreserve and Bind are run by
+the scheduling loop (``scheduler.scheduling``) after a decision; Bind plugins reach
+the cluster through the ``Handle`` the loop passes them.
 """
 
 from __future__ import annotations
@@ -17,19 +30,31 @@ from __future__ import annotations
 import enum
 import random
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from apimachinery.meta import Obj
 from apimachinery.quantity import parse_cpu, parse_memory
-from apimachinery.validation import pod_requests
+from apimachinery.validation import container_requests
 
 MAX_SCORE = 100
+
+# kube-scheduler scores a container without a request as if it asked for this much
+# (pkg/scheduler/util.DefaultMilliCPURequest and DefaultMemoryRequest), so that a
+# node full of request-less pods does not look empty to the scoring plugins.
+DEFAULT_MILLI_CPU_REQUEST = 100
+DEFAULT_MEMORY_REQUEST = 200 * 1024 * 1024
 
 
 class Code(enum.Enum):
     SUCCESS = "Success"
+    # Does not fit; evicting pods (preemption) might make room.
     UNSCHEDULABLE = "Unschedulable"
+    # Does not fit, and no preemption can change that (a taint, a node name, a label).
+    UNSCHEDULABLE_AND_UNRESOLVABLE = "UnschedulableAndUnresolvable"
+    # A PreFilter or PreScore with nothing to do for this pod: its Filter or Score is skipped.
+    SKIP = "Skip"
     ERROR = "Error"
 
 
@@ -46,60 +71,224 @@ class Status:
     def unschedulable(cls, *reasons: str) -> Status:
         return cls(Code.UNSCHEDULABLE, reasons)
 
+    @classmethod
+    def unresolvable(cls, *reasons: str) -> Status:
+        return cls(Code.UNSCHEDULABLE_AND_UNRESOLVABLE, reasons)
+
+    @classmethod
+    def skip(cls) -> Status:
+        return cls(Code.SKIP)
+
+    @classmethod
+    def error(cls, reason: str) -> Status:
+        return cls(Code.ERROR, (reason,))
+
 
 SUCCESS = Status()
 
 
 class CycleState(dict[str, Any]):
-    """What a PreFilter computes once per pod and the Filters read for every node."""
+    """What PreFilter and PreScore compute once per pod, keyed by plugin name, for the
+    Filter and Score calls that follow (one per node).
+
+    ``nodes`` is every node of the cycle, feasible or not: what scores that count pods
+    cluster-wide (InterPodAffinity, PodTopologySpread) read, as kube-scheduler's plugins
+    read its snapshot.
+    """
+
+    def __init__(self, nodes: Sequence[NodeInfo] = ()) -> None:
+        super().__init__()
+        self.nodes = nodes
+
+
+def pod_resource_requests(pod: Obj) -> tuple[int, int, int, int]:
+    """``(cpu, memory, non-zero cpu, non-zero memory)`` a pod asks of its node; the non-zero
+    pair counts a container without a request at kube-scheduler's defaults, for scoring."""
+    cpu = memory = nz_cpu = nz_memory = 0
+    for container in pod["spec"].get("containers") or []:
+        c, m = container_requests(container)
+        cpu += c
+        memory += m
+        nz_cpu += c or DEFAULT_MILLI_CPU_REQUEST
+        nz_memory += m or DEFAULT_MEMORY_REQUEST
+    return cpu, memory, nz_cpu, nz_memory
+
+
+def has_pod_affinity(pod: Obj) -> bool:
+    affinity = pod["spec"].get("affinity") or {}
+    return bool(affinity.get("podAffinity") or affinity.get("podAntiAffinity"))
+
+
+def has_required_anti_affinity(pod: Obj) -> bool:
+    anti = (pod["spec"].get("affinity") or {}).get("podAntiAffinity") or {}
+    return bool(anti.get("requiredDuringSchedulingIgnoredDuringExecution"))
 
 
 @dataclass(slots=True)
 class NodeInfo:
-    """A node and the pods the scheduler counts on it (bound or assumed)."""
+    """A node and the pods the scheduler counts on it (bound or assumed), with the sums
+    the plugins read for every node, kept as pods are added rather than recomputed."""
 
     node: Obj
     pods: list[Obj] = field(default_factory=list)
     requested_cpu: int = 0
     requested_memory: int = 0
+    non_zero_cpu: int = 0
+    non_zero_memory: int = 0
+    # Pods with inter-pod (anti-)affinity: the few InterPodAffinity must look at.
+    pods_with_affinity: list[Obj] = field(default_factory=list)
+    pods_with_required_anti_affinity: list[Obj] = field(default_factory=list)
+    # Parsed once: every Filter and Score of every pod in a pass reads it.
+    _allocatable: tuple[int, int, int] = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return str(self.node["metadata"]["name"])
-
-    def allocatable(self) -> tuple[int, int, int]:
+    def __post_init__(self) -> None:
         alloc = self.node.get("status", {}).get("allocatable", {})
-        return (
+        self._allocatable = (
             parse_cpu(alloc.get("cpu", "0")),
             parse_memory(alloc.get("memory", "0")),
             int(alloc.get("pods", 110)),
         )
 
+    @property
+    def name(self) -> str:
+        return str(self.node["metadata"]["name"])
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self.node["metadata"].get("labels") or {}
+
+    def allocatable(self) -> tuple[int, int, int]:
+        """``(cpu millicores, memory bytes, pods)`` the node offers."""
+        return self._allocatable
+
     def add_pod(self, pod: Obj) -> None:
-        cpu, mem = pod_requests(pod["spec"])
+        cpu, mem, nz_cpu, nz_mem = pod_resource_requests(pod)
         self.pods.append(pod)
         self.requested_cpu += cpu
         self.requested_memory += mem
+        self.non_zero_cpu += nz_cpu
+        self.non_zero_memory += nz_mem
+        if has_pod_affinity(pod):
+            self.pods_with_affinity.append(pod)
+        if has_required_anti_affinity(pod):
+            self.pods_with_required_anti_affinity.append(pod)
 
 
+# --- the extension points -----------------------------------------------------------
+
+
+@runtime_checkable
 class PreFilterPlugin(Protocol):
     name: str
 
-    def pre_filter(self, state: CycleState, pod: Obj) -> Status: ...
+    def pre_filter(self, state: CycleState, pod: Obj, nodes: Sequence[NodeInfo]) -> Status: ...
 
 
+@runtime_checkable
 class FilterPlugin(Protocol):
     name: str
 
     def filter(self, state: CycleState, pod: Obj, node: NodeInfo) -> Status: ...
 
 
+@dataclass(frozen=True, slots=True)
+class PostFilterResult:
+    """What a PostFilter (preemption) proposes: a node the pod could use once ``victims`` are gone."""
+
+    status: Status
+    nominated_node: str | None = None
+    victims: tuple[Obj, ...] = ()
+
+
+@runtime_checkable
+class PostFilterPlugin(Protocol):
+    name: str
+
+    def post_filter(self, state: CycleState, pod: Obj, nodes: Sequence[NodeInfo],
+                    statuses: Mapping[str, Status]) -> PostFilterResult: ...
+
+
+@runtime_checkable
+class PreScorePlugin(Protocol):
+    name: str
+
+    def pre_score(self, state: CycleState, pod: Obj, nodes: Sequence[NodeInfo]) -> Status: ...
+
+
+@runtime_checkable
 class ScorePlugin(Protocol):
     name: str
 
     def score(self, state: CycleState, pod: Obj, node: NodeInfo) -> int:
-        """0 (worst) to MAX_SCORE (best)."""
+        """0 (worst) to MAX_SCORE (best), or any integer when the plugin normalizes."""
         ...
+
+
+@runtime_checkable
+class NormalizeScorePlugin(Protocol):
+    """kube-scheduler's ScoreExtensions: rescale every node's raw score into 0..MAX_SCORE,
+    for scores only meaningful relative to each other (counts, weights)."""
+
+    def normalize_score(self, state: CycleState, pod: Obj, scores: dict[str, int]) -> None: ...
+
+
+@runtime_checkable
+class ReservePlugin(Protocol):
+    name: str
+
+    def reserve(self, state: CycleState, pod: Obj, node_name: str) -> Status: ...
+
+    def unreserve(self, state: CycleState, pod: Obj, node_name: str) -> None: ...
+
+
+class Handle(Protocol):
+    """What Bind plugins may use of the scheduler around them (kube-scheduler's
+    framework.Handle). Passed per call rather than at construction, so that profiles are
+    plain values built from the config file before the scheduler connects to anything."""
+
+    async def bind_pod(self, pod: Obj, node_name: str) -> Obj:
+        """Write the binding, guarded by the pod's resourceVersion; raises ConflictError
+        or NotFoundError when the pod changed or went meanwhile."""
+        ...
+
+
+@runtime_checkable
+class BindPlugin(Protocol):
+    name: str
+
+    async def bind(self, state: CycleState, pod: Obj, node_name: str, handle: Handle) -> Status:
+        """Bind, or ``Status.skip()`` to leave the pod to the next Bind plugin."""
+        ...
+
+
+#: The extension points, by the names the config file uses, and the Protocol a plugin
+#: enabled there must implement.
+EXTENSION_POINTS: Mapping[str, type] = {
+    "preFilter": PreFilterPlugin,
+    "filter": FilterPlugin,
+    "postFilter": PostFilterPlugin,
+    "preScore": PreScorePlugin,
+    "score": ScorePlugin,
+    "reserve": ReservePlugin,
+    "bind": BindPlugin,
+}
+
+
+def default_normalize_score(scores: dict[str, int], *, reverse: bool = False) -> None:
+    """kube-scheduler's DefaultNormalizeScore: scale so the highest becomes MAX_SCORE
+    (``reverse``: so the highest becomes 0, for counts of bad things)."""
+    highest = max(scores.values(), default=0)
+    if highest == 0:
+        if reverse:
+            for name in scores:
+                scores[name] = MAX_SCORE
+        return
+    for name, score in scores.items():
+        scaled = MAX_SCORE * score // highest
+        scores[name] = MAX_SCORE - scaled if reverse else scaled
+
+
+# --- one scheduling cycle ----------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,48 +296,135 @@ class Decision:
     node: str | None
     message: str
     scores: dict[str, int] = field(default_factory=dict)
+    state: CycleState = field(default_factory=CycleState)
+    # Set when no node fits and a PostFilter (preemption) found room by evicting ``victims``.
+    nominated_node: str | None = None
+    victims: tuple[Obj, ...] = ()
+    error: bool = False
 
 
 @dataclass(slots=True)
 class Framework:
-    """One scheduling profile: its plugins, in order, and score weights."""
+    """One scheduling profile: the plugins at each extension point, in order, and the
+    weight of each Score plugin."""
 
-    pre_filters: list[PreFilterPlugin]
-    filters: list[FilterPlugin]
-    scores: list[tuple[ScorePlugin, int]]
+    scheduler_name: str = "default-scheduler"
+    pre_filters: list[PreFilterPlugin] = field(default_factory=list)
+    filters: list[FilterPlugin] = field(default_factory=list)
+    post_filters: list[PostFilterPlugin] = field(default_factory=list)
+    pre_scores: list[PreScorePlugin] = field(default_factory=list)
+    scores: list[tuple[ScorePlugin, int]] = field(default_factory=list)
+    reserves: list[ReservePlugin] = field(default_factory=list)
+    binds: list[BindPlugin] = field(default_factory=list)
     rng: random.Random = field(default_factory=random.Random)
 
-    def schedule(self, pod: Obj, nodes: list[NodeInfo]) -> Decision:
-        state = CycleState()
+    def schedule(self, pod: Obj, nodes: Sequence[NodeInfo]) -> Decision:
+        """Choose a node for ``pod``, or say in kube-scheduler's words why none fits."""
+        state = CycleState(nodes)
+        skipped: set[str] = set()
         for pf in self.pre_filters:
-            st = pf.pre_filter(state, pod)
-            if not st.ok:
-                return Decision(None, f"0/{len(nodes)} nodes are available: {', '.join(st.reasons)}.")
-        feasible: list[NodeInfo] = []
-        reasons: Counter[str] = Counter()
-        for info in nodes:
-            for f in self.filters:
-                st = f.filter(state, pod, info)
-                if not st.ok:
-                    # Like kube-scheduler, a node counts once per reason of the first
-                    # filter that rejects it.
-                    reasons.update(st.reasons)
-                    break
-            else:
-                feasible.append(info)
+            st = pf.pre_filter(state, pod, nodes)
+            if st.code is Code.SKIP:
+                skipped.add(pf.name)
+            elif not st.ok:
+                return self._no_fit(state, pod, nodes, {n.name: st for n in nodes},
+                                    f"0/{len(nodes)} nodes are available: {', '.join(st.reasons)}.")
+        feasible, statuses = self._filter(state, pod, nodes, skipped)
         if not feasible:
-            return Decision(None, unschedulable_message(len(nodes), reasons))
-        totals: dict[str, int] = {}
-        for info in feasible:
-            totals[info.name] = sum(w * plugin.score(state, pod, info) for plugin, w in self.scores)
+            return self._no_fit(state, pod, nodes, statuses, unschedulable_message(len(nodes), statuses))
+        if len(feasible) == 1:
+            # As kube-scheduler: with one candidate there is nothing to score.
+            only = feasible[0].name
+            return Decision(only, f"bound to {only}", state=state)
+        totals = self._score(state, pod, feasible)
+        if isinstance(totals, Status):
+            return Decision(None, totals.reasons[0], state=state, error=True)
         best = max(totals.values())
         # Break ties at random so equal nodes share the load, as kube-scheduler does.
         winner = self.rng.choice(sorted(n for n, s in totals.items() if s == best))
-        return Decision(winner, f"bound to {winner}", totals)
+        return Decision(winner, f"bound to {winner}", totals, state)
+
+    def _filter(self, state: CycleState, pod: Obj, nodes: Sequence[NodeInfo],
+                skipped: set[str]) -> tuple[list[NodeInfo], dict[str, Status]]:
+        filters = [f for f in self.filters if f.name not in skipped]
+        feasible: list[NodeInfo] = []
+        statuses: dict[str, Status] = {}
+        for info in nodes:
+            for f in filters:
+                st = f.filter(state, pod, info)
+                if not st.ok:
+                    # Like kube-scheduler, a node counts under the reasons of the first
+                    # filter that rejects it.
+                    statuses[info.name] = st
+                    break
+            else:
+                feasible.append(info)
+        return feasible, statuses
+
+    def _no_fit(self, state: CycleState, pod: Obj, nodes: Sequence[NodeInfo],
+                statuses: dict[str, Status], message: str) -> Decision:
+        for pf in self.post_filters:
+            result = pf.post_filter(state, pod, nodes, statuses)
+            if result.nominated_node is not None:
+                return Decision(None, f"{message} {' '.join(result.status.reasons)}".rstrip(), state=state,
+                                nominated_node=result.nominated_node, victims=result.victims)
+            if result.status.reasons:
+                message = f"{message} {' '.join(result.status.reasons)}"
+        return Decision(None, message, state=state)
+
+    def _score(self, state: CycleState, pod: Obj, feasible: list[NodeInfo]) -> dict[str, int] | Status:
+        skipped: set[str] = set()
+        for ps in self.pre_scores:
+            st = ps.pre_score(state, pod, feasible)
+            if st.code is Code.SKIP:
+                skipped.add(ps.name)
+            elif not st.ok:
+                return Status.error(f"running PreScore plugin {ps.name}: {'; '.join(st.reasons)}")
+        totals = dict.fromkeys((n.name for n in feasible), 0)
+        for plugin, weight in self.scores:
+            if plugin.name in skipped:
+                continue
+            scores = {info.name: plugin.score(state, pod, info) for info in feasible}
+            if isinstance(plugin, NormalizeScorePlugin):
+                plugin.normalize_score(state, pod, scores)
+            for name, score in scores.items():
+                if not 0 <= score <= MAX_SCORE:
+                    return Status.error(f"plugin {plugin.name} gave node {name} the invalid score {score}, "
+                                        f"not within [0, {MAX_SCORE}]")
+                totals[name] += weight * score
+        return totals
+
+    # --- after a decision: run by the scheduling loop ---------------------------------
+
+    def reserve(self, state: CycleState, pod: Obj, node_name: str) -> Status:
+        """Every Reserve plugin, in order; when one refuses, what the others reserved is undone."""
+        for plugin in self.reserves:
+            st = plugin.reserve(state, pod, node_name)
+            if not st.ok:
+                self.unreserve(state, pod, node_name)
+                return st
+        return SUCCESS
+
+    def unreserve(self, state: CycleState, pod: Obj, node_name: str) -> None:
+        for plugin in reversed(self.reserves):
+            plugin.unreserve(state, pod, node_name)
+
+    async def bind(self, state: CycleState, pod: Obj, node_name: str, handle: Handle) -> Status:
+        """The first Bind plugin that does not skip binds the pod."""
+        for plugin in self.binds:
+            st = await plugin.bind(state, pod, node_name, handle)
+            if st.code is not Code.SKIP:
+                return st
+        return Status.error(f"no bind plugin bound pod to {node_name}")
 
 
-def unschedulable_message(n_nodes: int, reasons: Counter[str]) -> str:
+def unschedulable_message(n_nodes: int, statuses: Mapping[str, Status]) -> str:
+    """kube-scheduler's FitError text: every reason with the number of nodes it rejected,
+    the "N reason" strings sorted as strings, as kube-scheduler sorts them."""
     if n_nodes == 0:
         return "0/0 nodes are available: no nodes registered."
-    parts = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items(), key=lambda rc: rc[0]))
+    reasons: Counter[str] = Counter()
+    for st in statuses.values():
+        reasons.update(st.reasons)
+    parts = ", ".join(sorted(f"{count} {reason}" for reason, count in reasons.items()))
     return f"0/{n_nodes} nodes are available: {parts}."

@@ -1,5 +1,9 @@
 """``orch-scheduler``: serves the Cluster API and the node protocol, runs the controllers
-and the scheduling loop, and keeps nothing of its own: everything is in etcd."""
+and the scheduling loop, and keeps nothing of its own: everything is in etcd.
+
+Several can run against one etcd: every one serves the API and the agents connected
+to it; only the leader, elected through an etcd lease (scheduler/leader.py), runs the
+scheduling loop, the controllers and the compactor."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 import grpc
 
@@ -15,10 +20,11 @@ from apimachinery.meta import DEPLOYMENT, NODE, POD
 from apimachinery.pb import cluster_pb2_grpc, node_pb2_grpc
 from apimachinery.tasks import TaskGroup
 from scheduler.api import ClusterService
+from scheduler.config import config_file_argument, default_profiles
 from scheduler.controllers import DeploymentController, NodeLifecycleController
 from scheduler.informer import Informer
+from scheduler.leader import DEFAULT_LEASE_DURATION, LeaderElector, Term
 from scheduler.nodes import NodeService
-from scheduler.plugins import default_framework
 from scheduler.registry import Registry
 from scheduler.scheduling import SchedulingLoop
 from scheduler.store import DEFAULT_PREFIX, Store, compact_periodically
@@ -36,17 +42,59 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds without a heartbeat before a node is NotReady")
     p.add_argument("--compaction-interval", type=float, default=300.0,
                    help="seconds between compactions of etcd's history (0: never)")
+    p.add_argument("--config", type=config_file_argument, metavar="FILE",
+                   help="scheduling profiles, a KubeSchedulerConfiguration YAML (docs/scheduling-plugins.md)")
+    p.add_argument("--leader-elect", type=_boolean, nargs="?", const=True, default=True, metavar="true|false",
+                   help="run the scheduling loop and controllers only while leading, elected through an etcd "
+                        "lease among the schedulers of this etcd (default true); false: always, as if alone")
+    p.add_argument("--leader-elect-lease-duration", type=float, default=DEFAULT_LEASE_DURATION, metavar="SECONDS",
+                   help="how long the leader's lease outlives its last renewal: the longest a dead leader "
+                        f"holds up scheduling (default {DEFAULT_LEASE_DURATION:.0f})")
+    p.add_argument("--leader-elect-renew-deadline", type=float, metavar="SECONDS",
+                   help="a leader that could not renew for this long stops leading (default 2/3 of the duration)")
+    p.add_argument("--leader-elect-retry-period", type=float, metavar="SECONDS",
+                   help="between renewals, and between a candidate's attempts (default 2/15 of the duration)")
     p.add_argument("-v", "--verbose", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        LeaderElector.check_timings(args.leader_elect_lease_duration, args.leader_elect_renew_deadline,
+                                    args.leader_elect_retry_period)
+    except ValueError as e:
+        p.error(str(e))
+    return args
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+async def run_leader_tasks(start: Callable[[TaskGroup], None]) -> None:
+    """The leader-only tasks of one term, until cancelled (the term ended); raises when one crashes."""
+    group = TaskGroup()
+    start(group)
+    try:
+        await group.wait(asyncio.Event())
+    finally:
+        await group.cancel()
 
 
 async def serve(args: argparse.Namespace) -> None:
     store = Store.connect(args.etcd, args.etcd_prefix)
+    elector = LeaderElector(store, lease_duration=args.leader_elect_lease_duration,
+                            renew_deadline=args.leader_elect_renew_deadline,
+                            retry_period=args.leader_elect_retry_period) if args.leader_elect else None
+    # The leader-only loops write through a fenced store: once this process is deposed,
+    # their writes (a binding included) fail in etcd, even before it notices.
+    leader_store = store.fenced(elector.fence) if elector is not None else store
     registry = Registry(store)
     pods, deployments, nodes = Informer(store, POD), Informer(store, DEPLOYMENT), Informer(store, NODE)
-    scheduling = SchedulingLoop(store, pods, nodes, default_framework())
-    deploy_ctl = DeploymentController(registry, deployments, pods)
-    node_ctl = NodeLifecycleController(store, nodes, grace=args.node_monitor_grace_period)
+    scheduling = SchedulingLoop(leader_store, pods, nodes, args.config or default_profiles())
+    deploy_ctl = DeploymentController(Registry(leader_store), deployments, pods)
+    node_ctl = NodeLifecycleController(leader_store, nodes, grace=args.node_monitor_grace_period)
     node_service = NodeService(registry, pods, heartbeat_interval=args.heartbeat_interval)
 
     # No SO_REUSEPORT (gRPC's default): a second process on this port must fail, not share it.
@@ -68,15 +116,33 @@ async def serve(args: argparse.Namespace) -> None:
     tasks.start("informer/pods", pods.run())
     tasks.start("informer/deployments", deployments.run())
     tasks.start("informer/nodes", nodes.run())
-    tasks.start("scheduling-loop", scheduling.run())
-    tasks.start("deployment-controller", deploy_ctl.loop.run())
-    tasks.start("node-lifecycle-controller", node_ctl.loop.run())
-    if args.compaction_interval > 0:
-        tasks.start("etcd-compactor", compact_periodically(store, args.compaction_interval))
+
+    def start_leader_tasks(group: TaskGroup) -> None:
+        group.start("scheduling-loop", scheduling.run())
+        group.start("deployment-controller", deploy_ctl.loop.run())
+        group.start("node-lifecycle-controller", node_ctl.loop.run())
+        if args.compaction_interval > 0:
+            group.start("etcd-compactor", compact_periodically(store, args.compaction_interval))
+
+    election: asyncio.Task[None] | None = None
+    if elector is None:
+        start_leader_tasks(tasks)
+    else:
+        log.info("leader election: %s campaigns for %s/%s (lease %.1fs)", elector.identity, elector.namespace,
+                 elector.name, elector.lease_duration)
+
+        async def lead(term: Term) -> None:
+            await run_leader_tasks(start_leader_tasks)
+
+        election = tasks.start("leader-election", elector.run(lead))
     try:
         await tasks.wait(stop)
     finally:
         log.info("shutting down")
+        if election is not None:
+            # Resign first, so that another scheduler leads at once, not after the lease's TTL.
+            election.cancel()
+            await asyncio.gather(election, return_exceptions=True)
         await server.stop(grace=2)
         await cluster.proxy.close()
         await tasks.cancel()

@@ -11,6 +11,11 @@ filled in on every read. Every write is a transaction guarded by that revision
 (``create_revision == 0`` to create), so a lost race is a ``ConflictError`` and
 never a silent overwrite. Several objects can be written in one transaction, which
 is how ``apply`` of a multi-document file is all-or-nothing.
+
+A *fenced* store (``Store.fenced``) adds one more compare to each of its writes:
+the leader's election key must still have the create revision it had when this
+process won it (scheduler/leader.py). The leader-only loops write through one, so
+a scheduler that was deposed and has not noticed yet cannot bind a pod.
 """
 
 from __future__ import annotations
@@ -54,6 +59,18 @@ class Write:
 
 
 @dataclass(frozen=True, slots=True)
+class Fence:
+    """Writes go through only while ``key`` exists with this ``create_revision``."""
+
+    key: bytes
+    create_revision: int
+
+
+class FenceError(UnavailableError):
+    """A fenced write found the fence gone: this process no longer leads, and wrote nothing."""
+
+
+@dataclass(frozen=True, slots=True)
 class WatchEvent:
     type: str  # ADDED | MODIFIED | DELETED
     obj: Obj
@@ -75,9 +92,32 @@ def _translate(e: Exception) -> OrchError:
 class Store:
     """Typed access to cluster objects in etcd."""
 
-    def __init__(self, client: aetcd.Client, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, client: aetcd.Client, prefix: str = DEFAULT_PREFIX,
+                 fence: Callable[[], Fence | None] | None = None) -> None:
         self.client = client
         self.prefix = prefix.rstrip("/")
+        self._fence = fence
+
+    def fenced(self, fence: Callable[[], Fence | None]) -> Store:
+        """This store (same client) with every write guarded by ``fence()``; when it
+        returns None, writes fail with FenceError without reaching etcd."""
+        return Store(self.client, self.prefix, fence)
+
+    def _fence_compares(self) -> tuple[Fence | None, builtins.list[Any]]:
+        if self._fence is None:
+            return None, []
+        fence = self._fence()
+        if fence is None:
+            raise FenceError("not the leader: this scheduler does not hold the election lease")
+        return fence, [self.client.transactions.create(fence.key) == fence.create_revision]
+
+    async def _check_fence(self, fence: Fence | None) -> None:
+        """After a failed transaction: raise FenceError when the fence is what failed."""
+        if fence is None:
+            return
+        kv = await self._run(lambda: self.client.get(fence.key))
+        if kv is None or kv.create_revision != fence.create_revision:
+            raise FenceError("not the leader any more: the election key was lost; nothing was written")
 
     @classmethod
     def connect(cls, endpoint: str, prefix: str = DEFAULT_PREFIX, timeout: int = 10) -> Store:
@@ -175,7 +215,7 @@ class Store:
         if len(writes) > MAX_OBJECTS_PER_TXN:
             raise OrchError(f"at most {MAX_OBJECTS_PER_TXN} objects can be written at once, got {len(writes)}")
         tx = self.client.transactions
-        compares = []
+        fence, compares = self._fence_compares()
         puts = []
         for w in writes:
             key = self.key_of(w.obj)
@@ -186,6 +226,7 @@ class Store:
             puts.append(tx.put(key, self._encode(w.obj)))
         ok, responses = await self._run(lambda: self.client.transaction(compare=compares, success=puts, failure=[]))
         if not ok:
+            await self._check_fence(fence)
             await self._explain_failed_write(writes)
         revision = responses[0].response_put.header.revision if responses else 0
         out = []
@@ -226,12 +267,18 @@ class Store:
             key = self.key_of(obj_or_kind)
             label = f'{KINDS[obj_or_kind["kind"]].plural} "{obj_or_kind["metadata"]["name"]}"'
         tx = self.client.transactions
-        if expected_rv is None:
+        fence, compares = self._fence_compares()
+        if expected_rv is None and fence is None:
             res = await self._run(lambda: self.client.delete(key))
             return bool(res and res.deleted)
-        ok, _ = await self._run(lambda: self.client.transaction(
-            compare=[tx.mod(key) == expected_rv], success=[tx.delete(key)], failure=[]))
+        if expected_rv is not None:
+            compares.append(tx.mod(key) == expected_rv)
+        ok, responses = await self._run(lambda: self.client.transaction(
+            compare=compares, success=[tx.delete(key)], failure=[]))
+        if ok and expected_rv is None:
+            return bool(responses and responses[0].response_delete_range.deleted)
         if not ok:
+            await self._check_fence(fence)
             raise ConflictError(f"Operation cannot be fulfilled on {label}: the object has been modified")
         return True
 

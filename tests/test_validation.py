@@ -18,6 +18,7 @@ from apimachinery.validation import (
     default_image_pull_policy,
     pod_requests,
     validate,
+    validate_node_spec,
 )
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -666,3 +667,91 @@ def test_mutated_manifests_give_an_object_or_a_validation_error(data: st.DataObj
         before = copy.deepcopy(obj)
         assert_clean_outcome(obj)
         assert obj == before
+
+
+# --- scheduling fields -------------------------------------------------------------------------
+
+
+def test_topology_spread_constraints() -> None:
+    zone = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"app": "web"}}, "minDomains": 3}
+    host = {"maxSkew": 2, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}
+    assert validate(minimal_pod(topologySpreadConstraints=[zone, host]))["spec"]["topologySpreadConstraints"] == [
+        zone, host]
+    bad = minimal_deployment()
+    bad["spec"]["template"]["spec"]["topologySpreadConstraints"] = [
+        {"maxSkew": 0, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedul"},
+        {"topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway", "minDomains": 2},
+        {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway", "nodeTaintsPolicy": "Honor"},
+        {"maxSkew": 1, "topologyKey": "bad key", "whenUnsatisfiable": "DoNotSchedule",
+         "labelSelector": {"matchLabels": {"app": "a b"}}},
+    ]
+    path = "spec.template.spec.topologySpreadConstraints"
+    assert errors_of(bad) == [
+        f"{path}[0].maxSkew: must be between 1 and 2147483647, got 0",
+        f'{path}[0].whenUnsatisfiable: must be one of "DoNotSchedule", "ScheduleAnyway", '
+        'got string "DoNotSchedul"; did you mean "DoNotSchedule"?',
+        f"{path}[1].maxSkew: is required",
+        f'{path}[1].minDomains: may only be set when whenUnsatisfiable is "DoNotSchedule"',
+        f"{path}[2].nodeTaintsPolicy: unknown field; orch does not support Kubernetes' nodeTaintsPolicy",
+        f'{path}[3].topologyKey: invalid label key "bad key": name part must consist of alphanumeric characters, '
+        "'-', '_' or '.', and must start and end with an alphanumeric character",
+        f'{path}[3].labelSelector.matchLabels[app]: invalid label value "a b": must be empty or consist of '
+        "alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+        f'{path}[2].topologyKey: duplicate constraint on "zone" with whenUnsatisfiable "ScheduleAnyway"',
+    ]
+
+
+def test_scheduler_name_and_host_ports() -> None:
+    assert validate(minimal_pod())["spec"]["schedulerName"] == "default-scheduler"
+    assert validate(minimal_pod(schedulerName="bin-packer"))["spec"]["schedulerName"] == "bin-packer"
+    pod = minimal_pod(schedulerName="Bin Packer")
+    pod["spec"]["containers"][0]["ports"] = [
+        {"containerPort": 80, "hostPort": 0, "hostIP": "10.0.0", "protocol": "HTTP"}]
+    assert errors_of(pod) == [
+        "spec.containers[0].ports[0].hostPort: must be between 1 and 65535, got 0",
+        'spec.containers[0].ports[0].hostIP: must be an IP address, got string "10.0.0"',
+        'spec.containers[0].ports[0].protocol: must be one of "TCP", "UDP", "SCTP", got string "HTTP"',
+        'spec.schedulerName: "Bin Packer" must consist of lower case alphanumeric characters, \'-\' or \'.\', '
+        "and must start and end with an alphanumeric character (e.g. 'example.com')",
+    ]
+
+
+def test_node_affinity_requirements() -> None:
+    pod = minimal_pod(affinity={"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
+            "matchExpressions": [{"key": "cores", "operator": "Gt", "values": ["four"]},
+                                 {"key": "disk", "operator": "Exists", "values": ["ssd"]}],
+            "matchFields": [{"key": "metadata.labels", "operator": "In", "values": ["n1"]}]}]},
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 0, "preference": {}}]}})
+    path = "spec.affinity.nodeAffinity"
+    assert errors_of(pod) == [
+        f"{path}.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values: "
+        "must be a single integer when operator is Gt",
+        f"{path}.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[1].values: "
+        "must be empty when operator is Exists",
+        f"{path}.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields[0].key: "
+        'must be one of "metadata.name", got string "metadata.labels"; did you mean "metadata.name"?',
+        f"{path}.preferredDuringSchedulingIgnoredDuringExecution[0].weight: must be between 1 and 100, got 0",
+    ]
+
+
+def test_node_spec_taints_and_unschedulable() -> None:
+    spec = {"unschedulable": True, "taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"},
+                                              {"key": "dedicated", "effect": "NoExecute"}]}
+    assert validate_node_spec(spec) == spec
+    with pytest.raises(ValidationError) as info:
+        validate_node_spec({"unschedulable": "yes", "taint": [], "taints": [
+            {"key": "dedicated", "effect": "NoSchedul"},
+            {"value": "gpu", "effect": "NoSchedule"},
+            {"key": "dedicated", "value": "gpu", "effect": "NoExecute"},
+            {"key": "dedicated", "effect": "NoExecute"},
+        ]})
+    assert [str(e) for e in info.value.errors] == [
+        'spec.unschedulable: must be a boolean, got string "yes"',
+        'spec.taint: unknown field; did you mean "taints"?',
+        'spec.taints[0].effect: must be one of "NoSchedule", "PreferNoSchedule", "NoExecute", '
+        'got string "NoSchedul"; did you mean "NoSchedule"?',
+        "spec.taints[1].key: is required",
+        'spec.taints[3]: duplicate taint with key "dedicated" and effect "NoExecute"',
+    ]
