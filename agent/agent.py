@@ -3,8 +3,10 @@
 Two named loops run side by side:
 
 * the **connection loop** registers the node, heartbeats, and holds the
-  ``WatchAssignments`` stream; when the scheduler is unreachable it retries with
-  back-off, and nothing else stops: containers run on without the control plane;
+  ``WatchAssignments`` stream with one of the schedulers it was given; when that one
+  is unreachable or dies it goes on to the next in the list, with back-off once it
+  has tried them all, and nothing else stops: containers run on without the control
+  plane;
 * the **reconcile loop** wakes on every assignment and at least every second,
   reads the containers from the runtime (the disk, not memory), plans, and runs
   each action in a worker thread (the kernel calls block), one pod at a time.
@@ -62,7 +64,8 @@ REPORT_CONCURRENCY = 16
 @dataclass(slots=True)
 class NodeConfig:
     name: str
-    scheduler: str
+    # Scheduler replicas (HOST:PORT), tried in turn: any of them serves this node.
+    schedulers: tuple[str, ...]
     state_dir: Path
     cgroup_root: str
     cpu_millis: int
@@ -144,44 +147,88 @@ class Agent:
         )
 
     async def connection_loop(self) -> None:
+        """Serve the node through one scheduler at a time, going round the list when it fails.
+
+        After a failure the next address is tried at once; a pause (growing to 5 s) comes
+        only when every address has failed since the last good connection, so a node
+        whose scheduler died is back with a surviving one in moments."""
+        schedulers = self.config.schedulers
+        at = 0
+        failed_in_a_row = 0
         backoff = 0.5
         while True:
-            channel = grpc.aio.insecure_channel(self.config.scheduler)
-            heartbeat: asyncio.Task[None] | None = None
+            address = schedulers[at % len(schedulers)]
             try:
-                stub = pb_grpc.NodeServiceStub(channel)
-                reply = await stub.Register(self._registration(), timeout=10)
-                log.info("node %s: registered with %s", self.config.name, self.config.scheduler)
-                self.stub = stub
-                self.reported.clear()
-                self.removed_reported.clear()
-                heartbeat = asyncio.get_running_loop().create_task(
-                    self._heartbeats(stub, max(1, reply.heartbeat_interval_seconds)), name="heartbeat")
+                await self._serve_through(address)
+                failed_in_a_row = 0  # it served the node for a while: start the round afresh
                 backoff = 0.5
-                stream = stub.WatchAssignments(pb.WatchAssignmentsRequest(node_name=self.config.name))
-                async for msg in stream:
-                    self._on_assignments(msg)
-                    if heartbeat.done():
-                        break
             except grpc.aio.AioRpcError as e:
-                log.warning("node %s: scheduler %s: %s %s; retrying in %.1fs", self.config.name,
-                            self.config.scheduler, e.code().name, e.details(), backoff)
-            finally:
-                self.stub = None
-                if heartbeat is not None:
-                    heartbeat.cancel()
-                await channel.close()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+                log.warning("node %s: registering with %s failed: %s %s", self.config.name, address,
+                            e.code().name, e.details())
+            failed_in_a_row += 1
+            at += 1
+            if failed_in_a_row >= len(schedulers):
+                log.warning("node %s: no scheduler answered (%s); retrying in %.1fs", self.config.name,
+                            ", ".join(schedulers), backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                failed_in_a_row = 0
+            else:
+                await asyncio.sleep(0.1)
 
-    async def _heartbeats(self, stub: pb_grpc.NodeServiceStub, interval: int) -> None:
+    async def _serve_through(self, address: str) -> None:
+        """Register with ``address`` (raising when that fails), then follow its assignments
+        until the connection breaks or the scheduler stops answering heartbeats."""
+        channel = grpc.aio.insecure_channel(address)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            stub = pb_grpc.NodeServiceStub(channel)
+            reply = await stub.Register(self._registration(), timeout=10)
+            log.info("node %s: registered with %s", self.config.name, address)
+            self.stub = stub
+            self.reported.clear()
+            self.removed_reported.clear()
+
+            async def follow() -> None:
+                async for msg in stub.WatchAssignments(pb.WatchAssignmentsRequest(node_name=self.config.name)):
+                    self._on_assignments(msg)
+
+            loop = asyncio.get_running_loop()
+            tasks = [loop.create_task(follow(), name="assignments"),
+                     loop.create_task(self._heartbeats(stub, max(1, reply.heartbeat_interval_seconds)),
+                                      name="heartbeat")]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = None if task.cancelled() else task.exception()
+                if isinstance(exc, grpc.aio.AioRpcError):
+                    log.warning("node %s: connection to scheduler %s lost: %s %s", self.config.name, address,
+                                exc.code().name, exc.details())
+                elif exc is not None:
+                    raise exc
+        finally:
+            self.stub = None
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await channel.close()
+
+    async def _heartbeats(self, stub: pb_grpc.NodeServiceStub, interval: int, give_up_after: int = 3) -> None:
+        """Until the scheduler no longer knows the node, or fails ``give_up_after`` heartbeats
+        in a row (it may have lost etcd while the stream lives on): then it is time to move."""
+        failures = 0
         while True:
             await asyncio.sleep(interval)
             try:
                 reply = await stub.Heartbeat(pb.HeartbeatRequest(node_name=self.config.name), timeout=10)
             except grpc.aio.AioRpcError as e:
+                failures += 1
                 log.warning("node %s: heartbeat failed: %s", self.config.name, e.code().name)
+                if failures >= give_up_after:
+                    log.warning("node %s: %d heartbeats failed in a row; trying another scheduler",
+                                self.config.name, failures)
+                    return
                 continue
+            failures = 0
             if not reply.known:
                 log.warning("node %s: the scheduler no longer knows this node; registering again", self.config.name)
                 return

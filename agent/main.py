@@ -42,10 +42,23 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
+def parse_addresses(text: str) -> tuple[str, ...]:
+    addresses = tuple(filter(None, (a.strip() for a in text.split(","))))
+    if not addresses:
+        raise argparse.ArgumentTypeError("expected at least one HOST:PORT")
+    for a in addresses:
+        host, sep, port = a.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise argparse.ArgumentTypeError(f"{a!r}: expected HOST:PORT")
+    return addresses
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="orch-agent", description=__doc__)
     p.add_argument("--node-name", default=socket.gethostname(), help="this node's name (default: hostname)")
-    p.add_argument("--scheduler", default="127.0.0.1:6443", help="a scheduler's gRPC address HOST:PORT")
+    p.add_argument("--scheduler", type=parse_addresses, default=("127.0.0.1:6443",), metavar="HOST:PORT[,...]",
+                   help="the schedulers' gRPC addresses, comma-separated: the agent uses one and moves to "
+                        "the next when it fails (default 127.0.0.1:6443)")
     p.add_argument("--state-dir", type=Path, default=Path("/var/lib/orch/agent"),
                    help="where containers' state, logs and pod records live")
     p.add_argument("--cgroup-root", default="orch", help="cgroup path (relative) under which pods are made")
@@ -139,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     except QuantityError as e:
         log.error("%s", e)
         return 2
-    config = NodeConfig(name=args.node_name, scheduler=args.scheduler, state_dir=args.state_dir,
+    config = NodeConfig(name=args.node_name, schedulers=args.scheduler, state_dir=args.state_dir,
                         cgroup_root=args.cgroup_root, cpu_millis=cpu, memory_bytes=memory,
                         max_pods=args.max_pods, labels=args.labels, address=args.address,
                         pod_pids_limit=args.pod_pids_limit, reserved_cpu_millis=reserved_cpu,

@@ -2,6 +2,12 @@
 
 Blocking on purpose: ``orchctl`` does one thing and exits, and tests call it from
 plain functions. The scheduler and agents use ``grpc.aio`` instead.
+
+``server`` may name several scheduler replicas, comma-separated; any of them serves
+the API. A call that finds its scheduler unreachable (UNAVAILABLE) is made again on
+the next one, and the client stays with the one that answered. Streams fail over
+only before their first message (a stream half read cannot be resumed elsewhere),
+and those that send a stream of their own (exec, image import) not at all.
 """
 
 from __future__ import annotations
@@ -22,14 +28,40 @@ from apimachinery.pb import cluster_pb2_grpc as pb_grpc
 DEFAULT_TIMEOUT = 30.0
 
 
+def split_servers(server: str) -> list[str]:
+    """``a:1, b:2`` → ``["a:1", "b:2"]``."""
+    return [s.strip() for s in server.split(",") if s.strip()]
+
+
 class ClusterClient:
-    """One connection to one scheduler's Cluster API."""
+    """A connection to the Cluster API of one scheduler of ``server`` (HOST:PORT[,HOST:PORT...])."""
 
     def __init__(self, server: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.server = server
+        self.servers = split_servers(server) or [server]
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(server)
+        self._at = 0
+        self._connect()
+
+    @property
+    def server(self) -> str:
+        """The scheduler in use now."""
+        return self.servers[self._at]
+
+    def _connect(self) -> None:
+        self._channel = grpc.insecure_channel(self.server)
         self._stub = pb_grpc.ClusterStub(self._channel)
+
+    def _next_server(self) -> None:
+        self._channel.close()
+        self._at = (self._at + 1) % len(self.servers)
+        self._connect()
+
+    def _failover(self, e: grpc.RpcError, tried: int) -> bool:
+        """After ``e`` on the ``tried``-th server: move to the next one if that may help."""
+        if tried >= len(self.servers) or not hasattr(e, "code") or e.code() != grpc.StatusCode.UNAVAILABLE:
+            return False
+        self._next_server()
+        return True
 
     def close(self) -> None:
         self._channel.close()
@@ -41,10 +73,32 @@ class ClusterClient:
         self.close()
 
     def _call(self, method: str, request: Any) -> Any:
-        try:
-            return getattr(self._stub, method)(request, timeout=self.timeout)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from e
+        tried = 0
+        while True:
+            tried += 1
+            try:
+                return getattr(self._stub, method)(request, timeout=self.timeout)
+            except grpc.RpcError as e:
+                if not self._failover(e, tried):
+                    raise from_rpc_error(e) from e
+
+    def _stream(self, method: str, request: Any, timeout: float | None) -> Iterator[Any]:
+        """A server stream's messages; moves to the next server only before the first one."""
+        tried = 0
+        while True:
+            tried += 1
+            call = getattr(self._stub, method)(request, timeout=timeout)
+            started = False
+            try:
+                for item in call:
+                    started = True
+                    yield item
+                return
+            except grpc.RpcError as e:
+                if started or not self._failover(e, tried):
+                    raise
+            finally:
+                call.cancel()
 
     def apply(self, objects: list[Obj], *, dry_run: bool = False) -> list[tuple[str, Obj]]:
         """Apply every object (all validated before any is written); ``(action, object)`` each."""
@@ -76,7 +130,7 @@ class ClusterClient:
         req = pb.WatchRequest(kind=kind, namespace=namespace, label_selector=label_selector,
                               resource_version=resource_version)
         try:
-            for ev in self._stub.Watch(req, timeout=timeout):
+            for ev in self._stream("Watch", req, timeout):
                 yield ev.type, json.loads(ev.object_json)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -95,14 +149,11 @@ class ClusterClient:
             req.tail_lines = tail
         if since_seconds is not None:
             req.since_seconds = since_seconds
-        call = self._stub.PodLogs(req)
         try:
-            for chunk in call:
+            for chunk in self._stream("PodLogs", req, None):
                 yield from chunk.entries
         except grpc.RpcError as e:
             raise _stream_error(e) from e
-        finally:
-            call.cancel()
 
     def import_image(self, path: str, *, node: str = "", reference: str = "",
                      chunk_size: int = 1024 * 1024) -> builtins.list[agent_pb2.ImportImageReply]:

@@ -7,6 +7,11 @@ lab directory, so ``lab status`` and ``lab down`` find the lab without ``--dir``
     server: 127.0.0.1:7443
     labDir: /var/lib/orch/lab
 
+With several schedulers, ``server`` names them all, comma-separated; ``orchctl``
+uses the first that answers (cli/client.py)::
+
+    server: 127.0.0.1:7443,127.0.0.1:7444
+
 ``--server`` beats ``$ORCH_SERVER``, which beats the file (``resolve_server``).
 """
 

@@ -1,10 +1,14 @@
-"""``orchctl lab``: a whole cluster on this machine — etcd, a scheduler and N agents.
+"""``orchctl lab``: a whole cluster on this machine — etcd, one or more schedulers and N agents.
 
 Every process is started detached, with its PID and its kernel start time recorded
 in ``<lab>/lab.json``; ``down`` signals only those PIDs (checking the start time, so
 a recycled PID is never hit), then has each node's runtime kill its containers and
 remove its cgroups, and removes the lab directory. Each agent is a distinct node
 with its own state directory and its own cgroup root ``orch-lab-<id>/<node>``.
+
+With several schedulers (``--schedulers N``), each listens on a port of its own and
+they elect a leader through etcd; every agent and the config get all the addresses,
+each agent starting from a different one so that the nodes spread over them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,10 +197,14 @@ def _save_state(lab_dir: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, lab_dir / STATE_FILE)
 
 
-def up(lab_dir: Path, nodes: int, *, node_cpu: str | None = None, node_memory: str | None = None) -> dict[str, Any]:
-    """Start etcd, a scheduler and ``nodes`` agents; return when every node is Ready."""
+def up(lab_dir: Path, nodes: int, *, node_cpu: str | None = None, node_memory: str | None = None,
+       schedulers: int = 1, scheduler_args: Sequence[str] = ()) -> dict[str, Any]:
+    """Start etcd, ``schedulers`` schedulers (each with ``scheduler_args`` added) and ``nodes``
+    agents; return when every node is Ready."""
     if nodes < 1:
         raise LabError("--nodes must be at least 1")
+    if schedulers < 1:
+        raise LabError("--schedulers must be at least 1")
     lab_dir = lab_dir.resolve()
     existing = load_state(lab_dir)
     if existing is not None:
@@ -204,10 +213,11 @@ def up(lab_dir: Path, nodes: int, *, node_cpu: str | None = None, node_memory: s
         down(lab_dir)
     lab_dir.mkdir(parents=True, exist_ok=True)
     ident = lab_id(lab_dir)
-    state: dict[str, Any] = {"id": ident, "dir": str(lab_dir), "cgroupRoot": f"orch-lab-{ident}", "agents": []}
+    state: dict[str, Any] = {"id": ident, "dir": str(lab_dir), "cgroupRoot": f"orch-lab-{ident}",
+                             "schedulers": [], "agents": []}
     _save_state(lab_dir, state)
     try:
-        _start_all(lab_dir, state, nodes, node_cpu, node_memory)
+        _start_all(lab_dir, state, nodes, node_cpu, node_memory, schedulers, list(scheduler_args))
         _wait_ready(state, nodes)
     except BaseException:
         down(lab_dir)
@@ -216,8 +226,8 @@ def up(lab_dir: Path, nodes: int, *, node_cpu: str | None = None, node_memory: s
 
 
 def _start_all(lab_dir: Path, state: dict[str, Any], nodes: int, node_cpu: str | None,
-               node_memory: str | None) -> None:
-    client_port, peer_port, api_port = free_port(), free_port(), free_port()
+               node_memory: str | None, schedulers: int = 1, scheduler_args: list[str] | None = None) -> None:
+    client_port, peer_port = free_port(), free_port()
     logs = lab_dir / "logs"
     etcd = spawn([
         etcd_binary(), "--name", "lab", "--data-dir", str(lab_dir / "etcd"),
@@ -232,18 +242,25 @@ def _start_all(lab_dir: Path, state: dict[str, Any], nodes: int, node_cpu: str |
     _save_state(lab_dir, state)
     wait_port(client_port, 30, "etcd", etcd)
 
-    scheduler = spawn([
-        sys.executable, "-m", "scheduler.main", "--etcd", f"127.0.0.1:{client_port}",
-        "--listen", f"127.0.0.1:{api_port}",
-    ], logs / "scheduler.log")
-    state["scheduler"] = {**scheduler, "address": f"127.0.0.1:{api_port}"}
-    _save_state(lab_dir, state)
-    wait_port(api_port, 30, "the scheduler", scheduler)
+    for i in range(1, schedulers + 1):
+        name = "scheduler" if schedulers == 1 else f"scheduler-{i}"
+        api_port = _free_port_not_in(state)
+        scheduler = spawn([
+            sys.executable, "-m", "scheduler.main", "--etcd", f"127.0.0.1:{client_port}",
+            "--listen", f"127.0.0.1:{api_port}", *(scheduler_args or []),
+        ], logs / f"{name}.log")
+        state["schedulers"].append({**scheduler, "name": name, "address": f"127.0.0.1:{api_port}"})
+        _save_state(lab_dir, state)
+        wait_port(api_port, 30, f"the {name}", scheduler)
+    addresses = [s["address"] for s in state["schedulers"]]
 
     for i in range(1, nodes + 1):
         name = f"lab-node-{i}"
+        # Each node starts with a different scheduler, and fails over to the others in turn.
+        start = (i - 1) % len(addresses)
         argv = [
-            sys.executable, "-m", "agent.main", "--node-name", name, "--scheduler", f"127.0.0.1:{api_port}",
+            sys.executable, "-m", "agent.main", "--node-name", name,
+            "--scheduler", ",".join(addresses[start:] + addresses[:start]),
             "--state-dir", str(lab_dir / "nodes" / name), "--cgroup-root", f"{state['cgroupRoot']}/{name}",
             "--labels", f"orch.dev/lab={state['id']}",
         ]
@@ -257,13 +274,34 @@ def _start_all(lab_dir: Path, state: dict[str, Any], nodes: int, node_cpu: str |
         _save_state(lab_dir, state)
 
 
+def _free_port_not_in(state: dict[str, Any]) -> int:
+    """A free port that no scheduler of the lab has been given yet (none listens on it yet)."""
+    taken = {int(s["address"].rsplit(":", 1)[1]) for s in _schedulers(state)}
+    while True:
+        port = free_port()
+        if port not in taken:
+            return port
+
+
+def _schedulers(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The lab's schedulers (a lab.json from before there could be several has one ``scheduler``)."""
+    if "schedulers" in state:
+        return list(state["schedulers"])
+    return [{**state["scheduler"], "name": "scheduler"}] if "scheduler" in state else []
+
+
+def server_addresses(state: dict[str, Any]) -> str:
+    """Every scheduler's address, comma-separated: what orchctl's config and agents are given."""
+    return ",".join(s["address"] for s in _schedulers(state))
+
+
 def _wait_ready(state: dict[str, Any], nodes: int) -> None:
     from cli.client import ClusterClient
 
     deadline = time.monotonic() + READY_TIMEOUT
     names = {a["node"] for a in state["agents"]}
     last = "no answer yet"
-    with ClusterClient(state["scheduler"]["address"], timeout=5) as client:
+    with ClusterClient(server_addresses(state), timeout=5) as client:
         while time.monotonic() < deadline:
             for proc in _processes(state):
                 if not alive(proc):
@@ -286,10 +324,9 @@ def _node_ready(node: dict[str, Any]) -> bool:
 
 
 def _processes(state: dict[str, Any]) -> list[dict[str, Any]]:
-    procs = list(state.get("agents", []))
-    for key in ("scheduler", "etcd"):
-        if key in state:
-            procs.append(state[key])
+    procs = list(state.get("agents", [])) + _schedulers(state)
+    if "etcd" in state:
+        procs.append(state["etcd"])
     return procs
 
 
@@ -312,9 +349,10 @@ def down(lab_dir: Path) -> None:
                                "--cgroup-root", agent["cgroupRoot"]], capture_output=True, text=True)
         if done.returncode != 0:
             failed.append(f"{agent['node']}: {done.stderr.strip()[-500:]}")
-    for key in ("scheduler", "etcd"):
-        if key in state:
-            stop(state[key])
+    for scheduler in _schedulers(state):
+        stop(scheduler)
+    if "etcd" in state:
+        stop(state["etcd"])
     if failed:
         raise LabError("lab down: cleaning up node(s) failed: " + "; ".join(failed))
     shutil.rmtree(lab_dir, ignore_errors=True)
@@ -332,29 +370,59 @@ def status(lab_dir: Path) -> dict[str, Any]:
     def proc_info(p: dict[str, Any]) -> dict[str, Any]:
         return {"pid": p["pid"], "alive": alive(p), "log": p["log"]}
 
+    schedulers = [{"name": s["name"], **proc_info(s), "address": s["address"]} for s in _schedulers(state)]
+    leader = leader_of(state)
+    for s in schedulers:
+        s["leader"] = leader is not None and s["alive"] and s["pid"] == leader.get("pid")
     return {
         "lab_dir": str(lab_dir),
-        "server": state.get("scheduler", {}).get("address", ""),
+        "server": server_addresses(state),
         "etcd": state.get("etcd", {}).get("endpoint", ""),
         "etcd_process": proc_info(state["etcd"]) if "etcd" in state else None,
-        "scheduler": {**proc_info(state["scheduler"]), "address": state["scheduler"]["address"]}
-        if "scheduler" in state else None,
+        "schedulers": schedulers,
+        "leader": leader,
         "agents": [{"node": a["node"], **proc_info(a), "state_dir": a["stateDir"], "cgroup_root": a["cgroupRoot"]}
                    for a in state.get("agents", [])],
         "cgroup_root": state.get("cgroupRoot"),
     }
 
 
+LEADER_LEASE = ("kube-system", "orch-scheduler")  # where the schedulers' election lives
+
+
+def leader_of(state: dict[str, Any], timeout: float = 2.0) -> dict[str, Any] | None:
+    """The leading scheduler as its election Lease names it — ``{"holder", "pid", "since"}`` —
+    or None when nobody leads or no scheduler answers."""
+    from cli.client import ClusterClient
+
+    servers = [s for s in _schedulers(state) if alive(s)]
+    if not servers:
+        return None
+    try:
+        with ClusterClient(",".join(s["address"] for s in servers), timeout=timeout) as client:
+            lease = client.get("Lease", LEADER_LEASE[1], LEADER_LEASE[0])
+    except OrchError:
+        return None
+    holder = str(lease.get("spec", {}).get("holderIdentity", ""))
+    # Identities are hostname_pid_random (scheduler/leader.py).
+    parts = holder.rsplit("_", 2)
+    pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+    return {"holder": holder, "pid": pid, "since": lease.get("spec", {}).get("acquireTime")}
+
+
 def restart(lab_dir: Path, component: str, sig: int = signal.SIGKILL, down_for: float = 0.0) -> dict[str, Any]:
-    """Kill ``component`` ("scheduler" or a node name) with ``sig`` and, ``down_for`` seconds
-    later, start it again as it was."""
+    """Kill ``component`` (a scheduler's name — "scheduler" is the first — or a node name) with
+    ``sig`` and, ``down_for`` seconds later, start it again as it was."""
     lab_dir = lab_dir.resolve()
     state = load_state(lab_dir)
     if state is None:
         raise LabError(f"no lab in {lab_dir}")
-    if component == "scheduler" and "scheduler" in state:
-        old = state["scheduler"]
-    else:
+    schedulers = _schedulers(state)
+    old = next((s for s in schedulers if s["name"] == component), None)
+    if old is None and component == "scheduler" and schedulers:
+        old = schedulers[0]
+    is_scheduler = old is not None
+    if old is None:
         old = next((a for a in state.get("agents", []) if a["node"] == component), None)
         if old is None:
             raise LabError(f"the lab has no component {component!r}")
@@ -362,13 +430,14 @@ def restart(lab_dir: Path, component: str, sig: int = signal.SIGKILL, down_for: 
         os.kill(old["pid"], sig)
         stop(old, timeout=10)
     time.sleep(down_for)
-    if component == "scheduler":
+    if is_scheduler:
         wait_port_free(int(old["address"].rsplit(":", 1)[1]), 30)
     new = {**old, **spawn(old["argv"], Path(old["log"]))}
-    if component == "scheduler":
-        state["scheduler"] = new
+    if is_scheduler:
+        state["schedulers"] = [new if s["name"] == old["name"] else s for s in schedulers]
+        state.pop("scheduler", None)
         _save_state(lab_dir, state)
-        wait_port(int(old["address"].rsplit(":", 1)[1]), 30, "the scheduler", new)
+        wait_port(int(old["address"].rsplit(":", 1)[1]), 30, f"the {old['name']}", new)
     else:
         state["agents"] = [new if a["node"] == component else a for a in state["agents"]]
         _save_state(lab_dir, state)

@@ -7,7 +7,8 @@
                    [--wait|--no-wait] [--timeout S] [--ignore-not-found]
     orchctl logs POD [-c CONTAINER] [-f] [--tail N] [-p|--previous] [--timestamps] [--since DURATION]
     orchctl exec POD [-c CONTAINER] [-i] [-t] -- COMMAND [ARG...]
-    orchctl lab up [--nodes N] [--dir DIR] [--apply FILE] | lab down [--dir DIR] | lab status [-o json]
+    orchctl lab up [--nodes N] [--schedulers N] [--dir DIR] [--apply FILE] | lab down [--dir DIR]
+    orchctl lab status [-o json]
 
 Global options go before or after the verb: ``--server HOST:PORT``, ``--config
 PATH``, ``-n NAMESPACE``, ``--request-timeout S``, ``-v``.
@@ -95,8 +96,9 @@ def _add_global_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
         return argparse.SUPPRESS if suppress else value
 
     g = p.add_argument_group("global options")
-    g.add_argument("--server", metavar="HOST:PORT", default=default(None),
-                   help="the scheduler to talk to (default: $ORCH_SERVER, then the config file)")
+    g.add_argument("--server", metavar="HOST:PORT[,...]", default=default(None),
+                   help="the scheduler to talk to, or several replicas comma-separated, tried in turn "
+                        "(default: $ORCH_SERVER, then the config file)")
     g.add_argument("--config", metavar="PATH", default=default(None),
                    help="config file (default: $ORCHCONFIG, then ~/.orch/config.yaml)")
     g.add_argument("-n", "--namespace", metavar="NAMESPACE", default=default(None),
@@ -253,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab_sub = lab.add_subparsers(dest="lab_command", metavar="up|down|status", required=True)
     p = lab_sub.add_parser("up", parents=[common], help="start a lab cluster and point the config at it")
     p.add_argument("--nodes", type=_positive_int, default=2, help="number of agents (default 2)")
+    p.add_argument("--schedulers", type=_positive_int, default=1,
+                   help="number of schedulers (default 1); with more, they elect a leader and the agents and "
+                        "the config get every address")
     p.add_argument("--dir", type=Path, help="lab directory (default /var/lib/orch/lab)")
     p.add_argument("--apply", type=Path, metavar="FILE", help="apply this manifest and wait for its pods")
     p.add_argument("--timeout", type=_positive_float, default=DEFAULT_LAB_WAIT_TIMEOUT, metavar="SECONDS",
@@ -1002,7 +1007,9 @@ def cmd_exec(session: Session) -> int:
 
 
 def _lab_dir(session: Session, explicit: Path | None) -> Path:
-    from cli import lab  # lazily: the lab pulls in process management the other verbs never need
+    from cli import (
+        lab,  # lazily: the lab pulls in process management the other verbs never need
+    )
 
     if explicit is not None:
         return explicit
@@ -1020,12 +1027,13 @@ def cmd_lab_up(session: Session) -> int:
     # Read the manifest first: a typo in it should not cost a whole lab start-up.
     docs = manifests.load([str(args.apply)]) if args.apply is not None else []
     try:
-        status = lab.up(lab_dir, args.nodes)
+        status = lab.up(lab_dir, args.nodes, schedulers=args.schedulers)
     except OSError as e:
         raise CliError(f"lab up failed: {e}") from e
     server = str(status.get("server") or "")
     save_config(session.config_path, Config(server=server, lab_dir=str(lab_dir)))
-    out(f"lab is up with {args.nodes} node{'s' if args.nodes != 1 else ''}")
+    out(f"lab is up with {args.nodes} node{'s' if args.nodes != 1 else ''}"
+        + (f" and {args.schedulers} schedulers" if args.schedulers > 1 else ""))
     out(printers.lab_status(status, config=str(session.config_path)))
     if os.environ.get("ORCH_SERVER") and os.environ["ORCH_SERVER"] != server:
         err(f"warning: $ORCH_SERVER={os.environ['ORCH_SERVER']} overrides the config; unset it to use this lab")

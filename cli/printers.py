@@ -410,6 +410,12 @@ def _deployment_row(dep: Obj, opts: TableOptions) -> Row:
     return row
 
 
+def _lease_row(obj: Obj, opts: TableOptions) -> Row:
+    """kubectl's columns for a Lease: who holds it (a scheduler's identity, for the election)."""
+    holder = _dict(obj.get("spec")).get("holderIdentity") or ""
+    return [str(_md(obj).get("name", "")), str(holder), age(_md(obj).get("creationTimestamp"), opts.now)]
+
+
 def _node_row(node: Obj, opts: TableOptions) -> Row:
     status = _dict(node.get("status"))
     info = _dict(status.get("nodeInfo"))
@@ -426,9 +432,10 @@ _COLUMNS: dict[str, tuple[list[str], list[str]]] = {
     "Pod": (["NAME", "READY", "STATUS", "RESTARTS", "AGE"], ["IP", "NODE"]),
     "Deployment": (["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], ["CONTAINERS", "IMAGES", "SELECTOR"]),
     "Node": (["NAME", "STATUS", "ROLES", "AGE", "VERSION"], ["INTERNAL-IP", "KERNEL-VERSION", "CPU", "MEMORY"]),
+    "Lease": (["NAME", "HOLDER", "AGE"], []),
 }
 _ROWS: dict[str, Callable[[Obj, TableOptions], Row]] = {
-    "Pod": _pod_row, "Deployment": _deployment_row, "Node": _node_row,
+    "Pod": _pod_row, "Deployment": _deployment_row, "Node": _node_row, "Lease": _lease_row,
 }
 
 
@@ -852,7 +859,12 @@ QuantityFuncs = tuple[Callable[[str], Any], Callable[[str], Any], Callable[[Any]
 def _quantity_funcs() -> QuantityFuncs | None:
     """``(parse_cpu, parse_memory, format_cpu, format_memory)``, or None before that module exists."""
     try:
-        from apimachinery.quantity import format_cpu, format_memory, parse_cpu, parse_memory
+        from apimachinery.quantity import (
+            format_cpu,
+            format_memory,
+            parse_cpu,
+            parse_memory,
+        )
     except ImportError:
         return None
     return parse_cpu, parse_memory, format_cpu, format_memory
@@ -1007,14 +1019,23 @@ def lab_status(status: Mapping[str, Any], *, config: str | None = None) -> str:
     etcd_proc = _dict(status.get("etcd_process"))
     rows.append(["etcd", str(etcd_proc.get("pid") or "-"), state(etcd_proc), str(status.get("etcd") or "-"),
                  str(etcd_proc.get("log") or "-")])
-    sched = _dict(status.get("scheduler"))
-    rows.append(["scheduler", str(sched.get("pid") or "-"), state(sched), str(sched.get("address") or "-"),
-                 str(sched.get("log") or "-")])
+    schedulers = _list(status.get("schedulers")) if "schedulers" in status else [
+        {"name": "scheduler", **_dict(status.get("scheduler"))}]
+    for s in schedulers:
+        sched = _dict(s)
+        # The leader's state says so: only it schedules and runs the controllers.
+        running = state(sched) + (",leader" if sched.get("leader") and state(sched) == "running" else "")
+        rows.append([str(sched.get("name") or "scheduler"), str(sched.get("pid") or "-"), running,
+                     str(sched.get("address") or "-"), str(sched.get("log") or "-")])
     for a in _list(status.get("agents")):
         agent = _dict(a)
         rows.append([f"agent/{agent.get('node', '?')}", str(agent.get("pid") or "-"), state(agent), "-",
                      str(agent.get("log") or "-")])
     head = [f"server:   {status.get('server') or NONE}", f"lab dir:  {status.get('lab_dir', '')}"]
+    if "leader" in status:
+        leader = _dict(status.get("leader"))
+        head.append(f"leader:   {leader.get('holder') or NONE}"
+                    + (f" (since {leader['since']})" if leader.get("since") else ""))
     if config is not None:
         head.append(f"config:   {config}")
     return "\n".join(head) + "\n\n" + TableWriter().render(rows)
