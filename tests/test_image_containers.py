@@ -3,6 +3,7 @@ node's store, run by the runtime on an overlay of its layers with a writable lay
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -74,3 +75,30 @@ def test_an_image_without_layers_is_refused(runtime: Runtime) -> None:
 
     with pytest.raises((RuntimeError_, ValueError), match="layer"):
         runtime.start(make_config(["/bin/true"], image="busybox:nope"))
+
+
+@requires_root
+def test_an_image_in_a_pod_with_its_own_user_namespace(runtime: Runtime, busybox_layers: list[str]) -> None:
+    """hostUsers: false with an image: its files keep their owners inside (idmapped layers),
+    the container's root can write its root, and the host sees the pod's own uid range."""
+    script = ("echo id=$(id -u):$(id -g) bin=$(stat -c %u:%g /bin/busybox) root=$(stat -c %u:%g /) "
+              "etc=$(stat -c %u:%g /etc/hostname); echo mine > /made-here && chown 0:0 /made-here && echo wrote; "
+              "echo ready; exec sleep 1000")
+    cfg = make_config(["/bin/sh", "-c", script], image="busybox:test", layer_dirs=busybox_layers,
+                      pod_uid="userns-img", host_users=False)
+    st = runtime.start(cfg)
+    wait_for(lambda: "ready" in container_output(st.log_path), what="the container to report")
+    out = container_output(st.log_path)
+    assert "id=0:0 bin=0:0 root=0:0 etc=0:0" in out and "wrote" in out, out
+    sandbox = runtime.sandboxes.get("userns-img")
+    assert sandbox is not None and sandbox.idmap is not None
+    base = sandbox.idmap.host_id
+    # On the host: the process and the file it wrote belong to the pod's range, not to root;
+    # the shared image layer is untouched and still owned by host root.
+    assert st.pid is not None and os.stat(f"/proc/{st.pid}").st_uid == base
+    made = Path(runtime.containers_dir / cfg.id / "upper" / "made-here")
+    assert (made.stat().st_uid, made.stat().st_gid) == (base, base)
+    assert all(Path(d, "bin", "busybox").stat().st_uid == 0 for d in busybox_layers
+               if Path(d, "bin", "busybox").exists())
+    runtime.remove(cfg.id)
+    runtime.remove_pod("userns-img")

@@ -29,7 +29,9 @@ User namespaces: ``owner`` is the host uid/gid the container's root maps to.
 The tmpfs mounts are made with that owner and the generated files chowned to
 it, so the container's root owns its /, /etc, /tmp as it would without a user
 namespace; the host's read-only binds stay owned by host root and show up as
-``nobody`` inside.
+``nobody`` inside. An image's layers are seen through idmapped mounts of the
+pod's user namespace (``idmapped_layers``), so its files keep their owners
+inside, root's included.
 
 The files of the generated ``/etc`` come from pure functions (``etc_files``) so
 they are unit-testable without a kernel. Everything else is one small function
@@ -117,6 +119,9 @@ class RootfsSpec:
     layers: tuple[str, ...] = ()
     # The container's state dir: the overlay's upper and work dirs and the generated /etc files live there.
     state_dir: Path | None = None
+    # The pod's user namespace (an open fd) when ``owner`` is not host root: an image's
+    # layers are then seen through idmapped mounts of it.
+    userns_fd: int | None = None
 
     def owner_options(self) -> str:
         """tmpfs options giving a new mount the container root's owner ("" when that is host root)."""
@@ -418,14 +423,19 @@ def enter_image_rootfs(spec: RootfsSpec) -> None:
     """
     if spec.state_dir is None:
         raise OSError(errno.EINVAL, "an image root needs the container's state dir")
-    if spec.owner != (0, 0):
-        raise OSError(errno.ENOTSUP, "hostUsers: false with an image needs idmapped layers, not supported yet")
     root = spec.rootfs
     make_mounts_private()
     upper, work, etc = spec.state_dir / "upper", spec.state_dir / "work", spec.state_dir / "etc"
     for d in (upper, work, etc):
         d.mkdir(mode=0o755, exist_ok=True)
-    mount_overlay(root, [Path(p) for p in spec.layers], upper, work)
+    layers = [Path(p) for p in spec.layers]
+    if spec.owner != (0, 0):
+        if spec.userns_fd is None:
+            raise OSError(errno.EINVAL, "an image root for a user namespace needs the pod's user namespace")
+        layers = idmapped_layers(layers, spec.userns_fd, spec.state_dir / "lower")
+        # The merged / is the upper dir: the container's root owns it, as it would without a user namespace.
+        os.chown(upper, *spec.owner)
+    mount_overlay(root, layers, upper, work)
     try:
         host_resolv = Path(spec.host_resolv_conf).read_text()
     except OSError:
@@ -440,5 +450,30 @@ def enter_image_rootfs(spec: RootfsSpec) -> None:
             continue  # the image wants something else there; leave it alone rather than follow it
         if not target.exists():
             target.touch(mode=0o644)
+        os.chown(source, *spec.owner)
         sc.mount(str(source), str(target), None, sc.MS_BIND, None)
     finish_and_enter(root, spec)
+
+
+def idmapped_layers(layers: list[Path], userns_fd: int, under: Path) -> list[Path]:
+    """Each layer as an idmapped mount through the pod's user namespace, on ``under/<i>``.
+
+    The layers are unpacked once per node with the image's own owners (root is
+    0); a pod with ``hostUsers: false`` must see them owned by its own root, which
+    the host knows as another uid. An idmapped mount shows them so without
+    copying or chowning the shared layers (as containerd does for user-namespaced
+    pods); overlayfs takes idmapped lower layers since Linux 5.19. The mounts live
+    in the container's mount namespace only and go with it.
+    """
+    out = []
+    for i, layer in enumerate(layers):
+        target = under / str(i)
+        target.mkdir(parents=True, exist_ok=True)
+        fd = sc.open_tree(layer)
+        try:
+            sc.mount_setattr_idmap(fd, userns_fd)
+            sc.move_mount(fd, target)
+        finally:
+            os.close(fd)
+        out.append(target)
+    return out

@@ -302,6 +302,7 @@ def _child(config: ConfigBundle, error_fd: int, joined_fd: int, stdio: _logs.Std
             owner=(config.host_id, config.host_id),
             layers=tuple(c.layer_dirs),
             state_dir=config.dir,
+            userns_fd=ns_fds.get("user"),
         ))
         step = "join cgroup"
         if os.read(joined_fd, 1) != b"1":
