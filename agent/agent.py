@@ -254,6 +254,7 @@ class Agent:
             self.wake.clear()
             try:
                 states: list[ContainerState] = await loop.run_in_executor(self.pool, self.runtime.list)
+                sandboxes = set(await loop.run_in_executor(self.pool, self.runtime.sandbox_pod_uids))
             except (OrchError, OSError) as e:
                 # Level-triggered: the next pass reads the disk again. Say so loudly.
                 log.error("node %s: reading the containers failed: %s; retrying", self.config.name, e,
@@ -262,7 +263,7 @@ class Agent:
             self._states = states
             unhealthy = {cid for cid, p in self.probes.items() if p.restart_reason}
             for action in plan(self.desired, self.records, states, time.time(), self.busy, self.have_assignments,
-                               unhealthy):
+                               unhealthy, sandboxes):
                 if isinstance(action, RemovePod) and action.pod_uid in self.removed_reported:
                     continue  # done; the scheduler has yet to drop it from the assignments
                 self.busy.add(action.pod_uid)

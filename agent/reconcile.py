@@ -140,7 +140,8 @@ def restart_due(state: ContainerState, record: ContainerRecord, now: float) -> f
 
 def plan(desired: dict[str, Obj], records: dict[str, PodRecord], states: list[ContainerState],
          now: float, busy: set[str], orphans_allowed: bool,
-         unhealthy: frozenset[str] | set[str] = frozenset()) -> list[Action]:
+         unhealthy: frozenset[str] | set[str] = frozenset(),
+         sandboxes: frozenset[str] | set[str] = frozenset()) -> list[Action]:
     """Actions that move the node toward ``desired`` (pods by uid).
 
     ``busy`` holds the uids of pods with an action still running; they are skipped.
@@ -148,6 +149,9 @@ def plan(desired: dict[str, Obj], records: dict[str, PodRecord], states: list[Co
     restarted agent never stops containers it simply has not heard about yet.
     ``unhealthy`` holds the ids of running containers whose liveness or startup probe
     failed: they are stopped (with the pod's grace period) and restart by policy.
+    ``sandboxes`` holds the uids of pods whose sandbox (namespaces) exists on the node:
+    one of a pod that is neither desired nor known otherwise (an agent that died
+    between making it and writing the pod's record) is removed too.
     """
     by_pod: dict[str, list[ContainerState]] = {}
     for s in states:
@@ -189,7 +193,7 @@ def plan(desired: dict[str, Obj], records: dict[str, PodRecord], states: list[Co
                 known = records.get(uid)
                 grace = float(known.pod["spec"].get("terminationGracePeriodSeconds", 30) if known else 30)
                 actions.extend(_teardown(uid, mine, grace))
-        for uid in records:
+        for uid in sorted(set(records) | set(sandboxes)):
             if uid not in desired and uid not in by_pod and uid not in busy:
                 actions.append(RemovePod(uid))
     return actions

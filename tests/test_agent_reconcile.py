@@ -90,8 +90,9 @@ def uid(pod: Obj) -> str:
 
 def run_plan(pods: list[Obj], states: list[ContainerState], now: float = T0 + 1000, *,
              records: dict[str, PodRecord] | None = None, busy: set[str] | None = None,
-             orphans_allowed: bool = True) -> list[Action]:
-    return plan({uid(p): p for p in pods}, records or {}, states, now, busy or set(), orphans_allowed)
+             orphans_allowed: bool = True, sandboxes: set[str] | None = None) -> list[Action]:
+    return plan({uid(p): p for p in pods}, records or {}, states, now, busy or set(), orphans_allowed,
+                sandboxes=sandboxes or set())
 
 
 # --- plan: starting and leaving alone -------------------------------------------------
@@ -322,6 +323,18 @@ def test_a_record_without_containers_or_pod_is_dropped() -> None:
     records = {"forgotten": record(make_pod("forgotten"))}
     assert run_plan([], [], records=records) == [RemovePod("forgotten")]
     assert run_plan([], [], records=records, busy={"forgotten"}) == []
+
+
+def test_a_sandbox_of_a_pod_nobody_knows_is_removed_once_assignments_arrived() -> None:
+    # The agent died between making the sandbox and writing the pod's record.
+    wanted = make_pod("wanted")
+    assert run_plan([wanted], [running(wanted)], sandboxes={"wanted", "stray"}) == [RemovePod("stray")]
+    assert run_plan([], [], sandboxes={"stray"}, orphans_allowed=False) == []
+    assert run_plan([], [], sandboxes={"stray"}, busy={"stray"}) == []
+    # With containers left, they go first (as any orphan's), the sandbox with the pod.
+    gone = make_pod("gone")
+    dead = exited(gone, code=0)
+    assert run_plan([], [dead], sandboxes={"gone"}) == [RemoveContainer("gone", dead.config.id), RemovePod("gone")]
 
 
 def test_a_busy_orphan_is_skipped() -> None:
