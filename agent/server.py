@@ -50,7 +50,8 @@ from agent.reconcile import instances, wants_restart
 from agent.runtime import exec as rexec
 from agent.runtime.logs import LogLine, read_logs
 from agent.runtime.runtime import ContainerState, ContainerStatus
-from apimachinery.errors import FieldError, NotFoundError, OrchError, ValidationError
+from apimachinery.errors import FieldError, NotFoundError, OrchError, PreconditionError, ValidationError
+from apimachinery.execstream import exec_start
 from apimachinery.meta import Obj
 from apimachinery.pb import agent_pb2 as pb
 from apimachinery.pb import agent_pb2_grpc as pb_grpc
@@ -68,12 +69,6 @@ LOG_BATCH = 512
 #: (a background process of it may hold the pipes open).
 EXEC_DRAIN = 1.0
 READ_SIZE = 64 * 1024
-
-
-class PreconditionError(OrchError):
-    """The container is not in a state that allows this (nothing to exec into, no previous instance)."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 # --- which container ---------------------------------------------------------
@@ -258,14 +253,7 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
     async def Exec(self, request_iterator: AsyncIterator[pb.ExecInput],
                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExecOutput]:
         requests = request_iterator.__aiter__()
-        try:
-            first = await requests.__anext__()
-        except StopAsyncIteration:
-            first = None
-        if first is None or first.WhichOneof("input") != "start":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of an exec must be its start")
-            raise AssertionError("unreachable")
-        start = first.start
+        start = await exec_start(requests, context)
         if not start.command:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "you must specify at least one command for the container")

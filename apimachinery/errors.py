@@ -7,6 +7,7 @@
      ├── AlreadyExistsError   ALREADY_EXISTS
      ├── UnavailableError     UNAVAILABLE        etcd or a peer cannot be reached
      ├── ExpiredError         OUT_OF_RANGE       a watch's resourceVersion was compacted: relist
+     ├── PreconditionError    FAILED_PRECONDITION  not in a state that allows it (exec into a finished container)
      └── RuntimeError_        INTERNAL           the node could not do what it was asked
 
 A server raises these; ``to_status`` turns one into a gRPC code and message, and a
@@ -70,6 +71,13 @@ class ExpiredError(OrchError):
     code = grpc.StatusCode.OUT_OF_RANGE
 
 
+class PreconditionError(OrchError):
+    """The object is not in a state that allows this: logs of a pod not on a node yet,
+    exec into a container that does not run, a previous instance that never was."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class RuntimeError_(OrchError):  # noqa: N801 - trailing underscore: not the builtin
     code = grpc.StatusCode.INTERNAL
 
@@ -78,7 +86,7 @@ _BY_CODE: dict[grpc.StatusCode, type[OrchError]] = {
     cls.code: cls
     for cls in (
         ValidationError, ConflictError, NotFoundError, AlreadyExistsError, UnavailableError, ExpiredError,
-        RuntimeError_,
+        PreconditionError, RuntimeError_,
     )
 }
 

@@ -26,7 +26,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
 import grpc
 
-from apimachinery.errors import OrchError, UnavailableError
+from apimachinery.errors import OrchError, PreconditionError, UnavailableError
+from apimachinery.execstream import exec_start
 from apimachinery.meta import NODE, POD, Obj
 from apimachinery.pb import agent_pb2 as pb
 from apimachinery.pb import agent_pb2_grpc as pb_grpc
@@ -35,12 +36,6 @@ from scheduler.store import Store
 __all__ = ["AgentProxy", "PreconditionError", "agent_endpoint"]
 
 log = logging.getLogger(__name__)
-
-
-class PreconditionError(OrchError):
-    """The pod is not where logs or exec can reach it (not on a node yet; finished, for exec)."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 def agent_endpoint(node: Obj) -> str | None:
@@ -171,14 +166,7 @@ class AgentProxy:
     async def exec(self, request_iterator: AsyncIterator[pb.ExecInput],
                    context: grpc.aio.ServicerContext) -> AsyncGenerator[pb.ExecOutput, None]:
         requests = request_iterator.__aiter__()
-        try:
-            first: pb.ExecInput | None = await requests.__anext__()
-        except StopAsyncIteration:
-            first = None
-        if first is None or first.WhichOneof("input") != "start":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of an exec must be its start")
-            raise AssertionError("unreachable")
-        start = first.start
+        start = await exec_start(requests, context)
         namespace = start.namespace or "default"
         try:
             pod, node, endpoint = await self._locate(namespace, start.pod)
@@ -193,7 +181,7 @@ class AgentProxy:
         log.info("exec in pod %s/%s on node %s (%s)", namespace, start.pod, node, endpoint)
 
         async def forward() -> AsyncIterator[pb.ExecInput]:
-            yield first
+            yield pb.ExecInput(start=start)
             async for msg in requests:
                 yield msg
 

@@ -379,8 +379,8 @@ def _pod(*names: str, policy: str = "Always", uid: str = "u1") -> dict:
 
 
 def test_select_container_follows_kubelets_current_and_previous() -> None:
-    from agent.server import PreconditionError, select_container
-    from apimachinery.errors import NotFoundError, ValidationError
+    from agent.server import select_container
+    from apimachinery.errors import NotFoundError, PreconditionError, ValidationError
 
     def pick(states: list, pods: dict, **kw: object) -> str:
         args = {"namespace": "ns", "pod": "web", "container": "", **kw}
