@@ -229,6 +229,7 @@ def net_fixture(tmp_path: Path) -> Iterator[Net]:
         pytest.skip("needs root: creates network namespaces and links (CI runs as root)")
     host_links_before = set(link_names(None))
     threads_before = threading.active_count()
+    children_before = own_children()
     net = Net(tmp_path)
     try:
         yield net
@@ -238,8 +239,20 @@ def net_fixture(tmp_path: Path) -> Iterator[Net]:
         assert not list(tmp_path.glob("ns-*")), "namespace files left behind"
         assert set(link_names(None)) <= host_links_before, "links appeared in the host's namespace"
         assert threading.active_count() <= threads_before, "threads left running"
-        with pytest.raises(ChildProcessError):
-            os.waitpid(-1, os.WNOHANG)  # no child process was started (pyroute2 forks none here)
+        # No child process was started (pyroute2 forks none here); the session's lab
+        # processes may be children of this process already.
+        assert own_children() <= children_before, "child processes left behind"
+
+
+def own_children() -> set[int]:
+    """Pids of this process's children, from every thread's children list."""
+    found: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            found.update(int(pid) for pid in (task / "children").read_text().split())
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+    return found
 
 
 def link_names(path: Path | None) -> list[str]:
