@@ -25,7 +25,20 @@ NODE = Kind("Node", "v1", "nodes", False, ("no", "node"))
 # election record, as kube-system/kube-scheduler is in Kubernetes (scheduler/leader.py).
 LEASE = Kind("Lease", "coordination.k8s.io/v1", "leases", True, ("lease",))
 
-KINDS: dict[str, Kind] = {k.kind: k for k in (POD, DEPLOYMENT, NODE, LEASE)}
+# Written by the cluster's components (scheduler/events.py), never applied; they expire
+# after an hour through an etcd lease, as kube-apiserver's --event-ttl does.
+EVENT = Kind("Event", "v1", "events", True, ("ev", "event"))
+PRIORITY_CLASS = Kind("PriorityClass", "scheduling.k8s.io/v1", "priorityclasses", False, ("pc", "priorityclass"))
+
+# A Deployment's revision history, one per pod template it has had (written by the
+# Deployment controller, read by `orchctl rollout history|undo`; scheduler/controllers.py).
+CONTROLLER_REVISION = Kind("ControllerRevision", "apps/v1", "controllerrevisions", True, ("controllerrevision",))
+
+#: Where each node's heartbeat Lease lives, as in Kubernetes.
+NODE_LEASE_NAMESPACE = "kube-node-lease"
+
+KINDS: dict[str, Kind] = {k.kind: k for k in (POD, DEPLOYMENT, NODE, LEASE, EVENT, PRIORITY_CLASS,
+                                              CONTROLLER_REVISION)}
 
 
 def kind_for(word: str) -> Kind | None:

@@ -62,7 +62,8 @@ __all__ = [
 ]
 
 #: kind → the apiVersion it is served at.
-SUPPORTED_KINDS: Mapping[str, str] = MappingProxyType({"Deployment": "apps/v1", "Pod": "v1"})
+SUPPORTED_KINDS: Mapping[str, str] = MappingProxyType({"Deployment": "apps/v1", "Pod": "v1",
+                                                      "PriorityClass": "scheduling.k8s.io/v1"})
 
 #: The resources a container may request or be limited to, and how each is parsed.
 RESOURCE_NAMES: Mapping[str, Callable[[str | int | float], int]] = MappingProxyType(
@@ -86,7 +87,7 @@ _KUBERNETES_ONLY = frozenset({
     "enableServiceLinks", "envFrom", "ephemeralContainers", "finalizers", "fsGroupChangePolicy",
     "hostAliases", "hostIPC", "hostNetwork", "hostPID", "imagePullSecrets", "initContainers",
     "lifecycle", "managedFields", "matchLabelKeys", "mismatchLabelKeys", "nodeAffinityPolicy",
-    "nodeTaintsPolicy", "os", "overhead", "preemptionPolicy", "priorityClassName",
+    "nodeTaintsPolicy", "os", "overhead",
     "procMount", "readinessGates", "resizePolicy", "resourceClaims", "runtimeClassName",
     "schedulingGates", "seLinuxOptions", "seccompProfile", "selfLink", "serviceAccount",
     "serviceAccountName", "setHostnameAsFQDN", "shareProcessNamespace", "stdinOnce", "subdomain",
@@ -854,6 +855,8 @@ _POD_SPEC_FIELDS: dict[str, Check] = {
     "schedulerName": _string(rule=validate_dns1123_subdomain),
     "hostname": _string(rule=validate_dns1123_label),
     "priority": _integer(-(2**31), INT32_MAX),
+    "priorityClassName": _string(rule=validate_dns1123_subdomain),
+    "preemptionPolicy": _enum("PreemptLowerPriority", "Never"),
     "tolerations": _list(_toleration),
     "affinity": _AFFINITY,
     "topologySpreadConstraints": _topology_spread_constraints,
@@ -1059,6 +1062,36 @@ _KIND_SPECS: dict[str, Check] = {"Pod": _pod_spec, "Deployment": _deployment_spe
 
 _TOP_LEVEL = ("apiVersion", "kind", "metadata", "spec", "status")
 
+#: Kubernetes' HighestUserDefinablePriority: higher values are kept for system-* classes.
+HIGHEST_USER_DEFINABLE_PRIORITY = 1_000_000_000
+
+_PRIORITY_CLASS_FIELDS: dict[str, Check] = {
+    "apiVersion": _enum(SUPPORTED_KINDS["PriorityClass"]),
+    "kind": _enum("PriorityClass"),
+    "metadata": _metadata,
+    "value": _integer(-(2**31), HIGHEST_USER_DEFINABLE_PRIORITY),
+    "globalDefault": _boolean,
+    "preemptionPolicy": _enum("PreemptLowerPriority", "Never"),
+    "description": _string(),
+}
+
+
+def _validate_priority_class(obj: dict[str, Any]) -> dict[str, Any]:
+    """A PriorityClass (scheduling.k8s.io/v1): cluster-scoped, its fields at the top level, no spec."""
+    errors = _Errors()
+    out = _fields(errors, obj, "", _PRIORITY_CLASS_FIELDS, required=("apiVersion", "metadata", "value"))
+    if errors.items or out is None:
+        raise ValidationError(errors.items)
+    name = str(out["metadata"]["name"])
+    if name.startswith("system-"):
+        errors.add("metadata.name", 'the prefix "system-" is reserved for the system priority classes')
+    if errors.items:
+        raise ValidationError(errors.items)
+    out["metadata"].pop("namespace", None)  # cluster-scoped
+    out.setdefault("globalDefault", False)
+    out.setdefault("preemptionPolicy", "PreemptLowerPriority")
+    return out
+
 
 # --- the entry points -------------------------------------------------------------------
 
@@ -1072,6 +1105,8 @@ def validate(obj: Any) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ValidationError(FieldError(
             "", f"an object must be a mapping with apiVersion, kind and metadata, got {describe_value(obj)}"))
+    if obj.get("kind") == "PriorityClass":
+        return _validate_priority_class(obj)
     errors = _Errors()
     for name in obj:
         if name not in _TOP_LEVEL:

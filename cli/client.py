@@ -122,6 +122,11 @@ class ClusterClient:
             req.grace_period_seconds = grace_period_seconds
         return json.loads(self._call("Delete", req).object_json)
 
+    def patch_node(self, name: str, spec_patch: Obj) -> Obj:
+        """Merge ``spec_patch`` into the Node's spec on the server (cordon, uncordon, taints)."""
+        reply = self._call("PatchNode", pb.PatchNodeRequest(name=name, spec_patch_json=json.dumps(spec_patch)))
+        return json.loads(reply.object_json)
+
     def watch(
         self, kind: str, namespace: str = "", label_selector: str = "", resource_version: int = 0,
         timeout: float | None = None,

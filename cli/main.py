@@ -7,6 +7,9 @@
                    [--wait|--no-wait] [--timeout S] [--ignore-not-found]
     orchctl logs POD [-c CONTAINER] [-f] [--tail N] [-p|--previous] [--timestamps] [--since DURATION]
     orchctl exec POD [-c CONTAINER] [-i] [-t] -- COMMAND [ARG...]
+    orchctl cordon|uncordon NODE; orchctl drain NODE [--force] [--grace-period N] [--timeout DURATION]
+    orchctl scale deployment/NAME --replicas N
+    orchctl rollout status|history|undo|restart deployment/NAME [--timeout D] [--revision N] [--to-revision N]
     orchctl lab up [--nodes N] [--schedulers N] [--dir DIR] [--apply FILE] | lab down [--dir DIR]
     orchctl lab status [-o json]
 
@@ -41,7 +44,7 @@ from typing import Any, NoReturn, TextIO
 
 from apimachinery.errors import ConflictError, ExpiredError, NotFoundError, OrchError, UnavailableError
 from apimachinery.meta import KINDS, Kind, Obj, kind_for
-from cli import manifests, printers
+from cli import manifests, printers, rollout
 from cli.client import DEFAULT_TIMEOUT, ClusterClient
 from cli.config import Config, ConfigError, config_path, load_config, resolve_server, save_config
 
@@ -249,6 +252,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the command")
     p.add_argument("-t", "--tty", action="store_true", help="run the command on a terminal (with -i: interactive)")
     p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("cordon", parents=[common], help="mark a node unschedulable",
+                       usage=f"{PROG} cordon NODE")
+    p.add_argument("node", metavar="NODE")
+    p.set_defaults(func=cmd_cordon, unschedulable=True)
+    p = sub.add_parser("uncordon", parents=[common], help="mark a node schedulable again",
+                       usage=f"{PROG} uncordon NODE")
+    p.add_argument("node", metavar="NODE")
+    p.set_defaults(func=cmd_cordon, unschedulable=False)
+    p = sub.add_parser("drain", parents=[common], help="cordon a node and evict its pods",
+                       usage=f"{PROG} drain NODE [--force] [--grace-period N] [--timeout DURATION]",
+                       description="Cordon the node, then delete every pod on it gracefully and wait until they "
+                                   "are gone. Pods that declare no controller (nothing would re-create them) "
+                                   "are refused unless --force is given.")
+    p.add_argument("node", metavar="NODE")
+    p.add_argument("--force", action="store_true", help="also delete pods that declare no controller")
+    p.add_argument("--grace-period", type=int, default=-1, metavar="SECONDS",
+                   help="seconds each pod gets to stop (default -1: its terminationGracePeriodSeconds)")
+    p.add_argument("--timeout", type=_duration, default=0.0, metavar="DURATION",
+                   help="give up after this long, e.g. 60s (default 0: wait for ever)")
+    p.set_defaults(func=cmd_drain)
+
+    p = sub.add_parser("scale", parents=[common], help="set a Deployment's number of replicas",
+                       usage=f"{PROG} scale deployment/NAME --replicas N")
+    p.add_argument("targets", nargs="+", metavar="deployment/NAME")
+    p.add_argument("--replicas", type=_non_negative_int, required=True, metavar="N")
+    p.set_defaults(func=cmd_scale)
+
+    rollout = sub.add_parser("rollout", parents=[common], help="manage the rollout of a Deployment",
+                             description="Watch, list, undo or restart the rollouts of a Deployment.")
+    rollout_sub = rollout.add_subparsers(dest="rollout_command", metavar="status|history|undo|restart",
+                                         required=True)
+    p = rollout_sub.add_parser("status", parents=[common], help="wait until the rollout is complete",
+                               usage=f"{PROG} rollout status deployment/NAME [--timeout DURATION] [-w=false]")
+    p.add_argument("targets", nargs="+", metavar="deployment/NAME")
+    p.add_argument("--timeout", type=_duration, default=0.0, metavar="DURATION",
+                   help="give up after this long, exit 1 (default 0: wait for ever)")
+    p.add_argument("-w", "--watch", type=lambda t: t.lower() not in ("false", "0", "no"), default=True,
+                   metavar="true|false", help="wait for the rollout to finish (default true)")
+    p.set_defaults(func=cmd_rollout_status)
+    p = rollout_sub.add_parser("history", parents=[common], help="list the revisions",
+                               usage=f"{PROG} rollout history deployment/NAME [--revision N]")
+    p.add_argument("targets", nargs="+", metavar="deployment/NAME")
+    p.add_argument("--revision", type=_non_negative_int, default=0, help="show the pod template of this revision")
+    p.set_defaults(func=cmd_rollout_history)
+    p = rollout_sub.add_parser("undo", parents=[common], help="go back to an earlier revision",
+                               usage=f"{PROG} rollout undo deployment/NAME [--to-revision N]")
+    p.add_argument("targets", nargs="+", metavar="deployment/NAME")
+    p.add_argument("--to-revision", type=_non_negative_int, default=0,
+                   help="the revision to go back to (default 0: the previous one)")
+    p.set_defaults(func=cmd_rollout_undo)
+    p = rollout_sub.add_parser("restart", parents=[common], help="replace every pod, one step at a time",
+                               usage=f"{PROG} rollout restart deployment/NAME")
+    p.add_argument("targets", nargs="+", metavar="deployment/NAME")
+    p.set_defaults(func=cmd_rollout_restart)
 
     lab = sub.add_parser("lab", parents=[common], help="run a whole cluster on this machine",
                          description="Start, inspect or tear down a lab cluster: etcd, a scheduler, N agents.")
@@ -584,7 +642,7 @@ def cmd_get(session: Session) -> int:
         _, rv = client.list(kind.kind, namespace) if args.watch else ([], 0)
     else:
         items, rv = client.list(kind.kind, namespace, args.selector)
-        items.sort(key=_sort_key)
+        items.sort(key=printers.event_sort_key if kind.kind == "Event" else _sort_key)
 
     opts = printers.TableOptions(wide=args.output == "wide", all_namespaces=all_ns, now=printers.utcnow())
     writer = printers.TableWriter()
@@ -714,13 +772,28 @@ def cmd_describe(session: Session) -> int:
     now = printers.utcnow()
     for i, obj in enumerate(objects):
         node_pods = _pods_on_node(client, obj) if obj.get("kind") == "Node" else None
+        events = _events_about(client, obj) if obj.get("kind") == "Pod" else None
         if i:
             out()
-        sys.stdout.write(printers.describe(obj, node_pods=node_pods, now=now))
+        sys.stdout.write(printers.describe(obj, node_pods=node_pods, now=now, events=events))
         sys.stdout.flush()
     for message in failed:
         err(f"error: {message}")
     return EXIT_ERROR if failed else EXIT_OK
+
+
+def _events_about(client: ClusterClient, obj: Obj) -> list[Obj] | None:
+    """The Events about ``obj`` (matched by uid), for the end of its describe page; None
+    when they cannot be listed (the page is still worth showing)."""
+    md = obj.get("metadata") or {}
+    try:
+        events, _ = client.list("Event", str(md.get("namespace") or "default"))
+    except OrchError as e:
+        log.debug("events of %s not listed: %s", md.get("name"), e)
+        return None
+    uid = md.get("uid")
+    return [e for e in events if (e.get("involvedObject") or {}).get("uid") == uid
+            and (e.get("involvedObject") or {}).get("kind") == obj.get("kind")]
 
 
 def _pods_on_node(client: ClusterClient, node: Obj) -> list[Obj] | None:
@@ -1160,6 +1233,201 @@ def cmd_lab_status(session: Session) -> int:
         out(printers.to_json(status))
     else:
         out(printers.lab_status(status))
+    return EXIT_OK
+
+
+# --- nodes: cordon, uncordon, drain ------------------------------------------------------
+
+
+def cmd_cordon(session: Session) -> int:
+    node = session.args.node.removeprefix("node/").removeprefix("nodes/")
+    client = session.client
+    before = client.get("Node", node)
+    wanted = bool(session.args.unschedulable)
+    word = "cordoned" if wanted else "uncordoned"
+    if bool((before.get("spec") or {}).get("unschedulable")) == wanted:
+        out(f"node/{node} already {word}")
+        return EXIT_OK
+    client.patch_node(node, {"unschedulable": True if wanted else None})
+    out(f"node/{node} {word}")
+    return EXIT_OK
+
+
+def cmd_drain(session: Session) -> int:
+    args = session.args
+    node = args.node.removeprefix("node/").removeprefix("nodes/")
+    client = session.client
+    client.get("Node", node)  # a clear NotFound before anything is changed
+    if not bool((client.get("Node", node).get("spec") or {}).get("unschedulable")):
+        client.patch_node(node, {"unschedulable": True})
+        out(f"node/{node} cordoned")
+    else:
+        out(f"node/{node} already cordoned")
+    pods, _ = client.list("Pod")
+    plan = rollout.drain_plan(node, pods, force=args.force)
+    if plan.unmanaged:
+        raise CliError(f'unable to drain node "{node}": cannot delete Pods that declare no controller '
+                       f"(use --force to override): {plan.names(plan.unmanaged)}")
+    forced = [p for p in plan.delete if not any(o.get("controller") for o in
+                                                printers.metadata(p).get("ownerReferences") or [])]
+    if forced:
+        err(f"Warning: deleting Pods that declare no controller: {plan.names(forced)}")
+    grace = None if args.grace_period < 0 else args.grace_period
+    waiting: dict[tuple[str, str], str] = {}
+    for pod in plan.delete:
+        md = printers.metadata(pod)
+        ns, name = str(md.get("namespace", "")), str(md.get("name", ""))
+        out(f"evicting pod {ns}/{name}")
+        try:
+            client.delete("Pod", name, ns, grace_period_seconds=grace)
+        except NotFoundError:
+            pass
+        waiting[(ns, name)] = str(md.get("uid", ""))
+    deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
+    progress = Progress()
+    try:
+        while waiting:
+            for (ns, name), uid in list(waiting.items()):
+                try:
+                    gone = client.get("Pod", name, ns).get("metadata", {}).get("uid") != uid
+                except NotFoundError:
+                    gone = True
+                if gone:
+                    del waiting[(ns, name)]
+                    progress.done()
+                    out(f"pod/{name} evicted")
+            if not waiting:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                left = ", ".join(f"{ns}/{name}" for ns, name in waiting)
+                raise CliError(f'unable to drain node "{node}": timed out after {args.timeout:g}s waiting for '
+                               f"the pods to be deleted: {left}")
+            progress.update(f"waiting for {len(waiting)} pod(s) to be deleted")
+            time.sleep(POLL_INTERVAL)
+    finally:
+        progress.done()
+    out(f"node/{node} drained")
+    return EXIT_OK
+
+
+# --- deployments: scale, rollout ---------------------------------------------------------
+
+
+def _deployment_name(words: Sequence[str], command: str) -> str:
+    """``deployment/NAME``, ``deploy/NAME`` or ``deployment NAME``."""
+    if len(words) == 1 and "/" in words[0]:
+        kind_word, name = words[0].split("/", 1)
+    elif len(words) == 2:
+        kind_word, name = words
+    else:
+        raise UsageError("expected one deployment, as deployment/NAME", command)
+    kind = kind_for(kind_word)
+    if kind is None or kind.kind != "Deployment" or not name:
+        raise UsageError(f'"{command}" works on deployments, not {kind_word!r}', command)
+    return name
+
+
+def update_deployment(client: ClusterClient, namespace: str, name: str, change: Callable[[Obj], None],
+                      attempts: int = 5) -> Obj:
+    """Get, ``change``, apply guarded by the resourceVersion read; again on a lost race."""
+    for attempt in range(attempts):
+        dep = client.get("Deployment", name, namespace)
+        change(dep)
+        try:
+            return client.apply([dep])[0][1]
+        except ConflictError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def cmd_scale(session: Session) -> int:
+    name = _deployment_name(session.args.targets, "scale")
+    replicas = session.args.replicas
+
+    def change(dep: Obj) -> None:
+        dep.setdefault("spec", {})["replicas"] = replicas
+
+    update_deployment(session.client, session.namespace, name, change)
+    out(f"deployment.apps/{name} scaled")
+    return EXIT_OK
+
+
+def cmd_rollout_status(session: Session) -> int:
+    args = session.args
+    name = _deployment_name(args.targets, "rollout status")
+    client = session.client
+    deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
+    last = ""
+    while True:
+        message, done = rollout.rollout_status(client.get("Deployment", name, session.namespace))
+        if message != last:
+            out(message)
+            last = message
+        if done or not args.watch:
+            return EXIT_OK if done else EXIT_ERROR
+        if deadline is not None and time.monotonic() >= deadline:
+            raise CliError("timed out waiting for the condition")
+        time.sleep(POLL_INTERVAL)
+
+
+def _revisions(session: Session, name: str) -> tuple[Obj, list[Obj]]:
+    dep = session.client.get("Deployment", name, session.namespace)
+    items, _ = session.client.list("ControllerRevision", session.namespace)
+    return dep, rollout.owned_revisions(dep, items)
+
+
+def cmd_rollout_history(session: Session) -> int:
+    name = _deployment_name(session.args.targets, "rollout history")
+    _, revisions = _revisions(session, name)
+    if session.args.revision:
+        try:
+            rev = next(r for r in revisions if rollout.revision_of(r) == session.args.revision)
+        except StopIteration:
+            raise CliError(f"unable to find the specified revision {session.args.revision}") from None
+        out(f"deployment.apps/{name} with revision #{session.args.revision}")
+        out("Pod Template:")
+        for line in printers.to_yaml((rev.get("data") or {}).get("template") or {}).rstrip().splitlines():
+            out(f"  {line}")
+        return EXIT_OK
+    out(f"deployment.apps/{name}")
+    out(rollout.history_table(revisions))
+    return EXIT_OK
+
+
+def cmd_rollout_undo(session: Session) -> int:
+    name = _deployment_name(session.args.targets, "rollout undo")
+    dep, revisions = _revisions(session, name)
+    try:
+        target = rollout.choose_revision(dep, revisions, session.args.to_revision)
+    except rollout.RolloutError as e:
+        raise CliError(str(e)) from e
+    template = (target.get("data") or {}).get("template")
+    if not isinstance(template, dict):
+        raise CliError(f"revision {rollout.revision_of(target)} of deployment {name!r} has no pod template")
+    if template == (dep.get("spec") or {}).get("template"):
+        out(f"deployment.apps/{name} skipped rollback (current template already matches revision "
+            f"{rollout.revision_of(target)})")
+        return EXIT_OK
+
+    def change(d: Obj) -> None:
+        d.setdefault("spec", {})["template"] = copy.deepcopy(template)
+
+    update_deployment(session.client, session.namespace, name, change)
+    out(f"deployment.apps/{name} rolled back")
+    return EXIT_OK
+
+
+def cmd_rollout_restart(session: Session) -> int:
+    name = _deployment_name(session.args.targets, "rollout restart")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    def change(dep: Obj) -> None:
+        tmd = dep.setdefault("spec", {}).setdefault("template", {}).setdefault("metadata", {})
+        tmd["annotations"] = {**(tmd.get("annotations") or {}), rollout.RESTARTED_AT_ANNOTATION: stamp}
+
+    update_deployment(session.client, session.namespace, name, change)
+    out(f"deployment.apps/{name} restarted")
     return EXIT_OK
 
 

@@ -416,6 +416,48 @@ def _lease_row(obj: Obj, opts: TableOptions) -> Row:
     return [str(_md(obj).get("name", "")), str(holder), age(_md(obj).get("creationTimestamp"), opts.now)]
 
 
+def event_interval(event: Obj, now: datetime.datetime | None) -> str:
+    """kubectl's LAST SEEN / Age of an Event: ``5s``, or ``5s (x3 over 2m)`` for a repeated one."""
+    last = age(event.get("lastTimestamp") or _md(event).get("creationTimestamp"), now)
+    count = _int(event.get("count"), 1)
+    if count > 1:
+        return f"{last} (x{count} over {age(event.get('firstTimestamp'), now)})"
+    return last
+
+
+def event_object(event: Obj) -> str:
+    """The OBJECT column: ``pod/web``."""
+    inv = _dict(event.get("involvedObject"))
+    return f"{str(inv.get('kind', '')).lower()}/{inv.get('name', '')}"
+
+
+def _event_row(event: Obj, opts: TableOptions) -> Row:
+    row = [event_interval(event, opts.now), str(event.get("type", "")), str(event.get("reason", "")),
+           event_object(event), str(event.get("message", "")).strip()]
+    if opts.wide:
+        inv, source = _dict(event.get("involvedObject")), _dict(event.get("source"))
+        row = row[:4] + [str(inv.get("fieldPath", "")), _event_source(source),
+                         age(event.get("firstTimestamp"), opts.now), str(_int(event.get("count"), 1)),
+                         str(_md(event).get("name", "")), row[4]]
+    return row
+
+
+def _event_source(source: Mapping[str, Any]) -> str:
+    """kubectl's formatEventSource: ``component, host``."""
+    component, host = str(source.get("component", "")), str(source.get("host", ""))
+    return f"{component}, {host}" if host else component
+
+
+def event_sort_key(event: Obj) -> tuple[str, str]:
+    """Events are listed oldest last-seen first, as kubectl sorts them."""
+    return str(event.get("lastTimestamp") or ""), str(_md(event).get("name", ""))
+
+
+def _priority_class_row(pc: Obj, opts: TableOptions) -> Row:
+    return [str(_md(pc).get("name", "")), str(_int(pc.get("value"))), "true" if pc.get("globalDefault") else "false",
+            age(_md(pc).get("creationTimestamp"), opts.now), str(pc.get("preemptionPolicy") or "PreemptLowerPriority")]
+
+
 def _node_row(node: Obj, opts: TableOptions) -> Row:
     status = _dict(node.get("status"))
     info = _dict(status.get("nodeInfo"))
@@ -433,9 +475,14 @@ _COLUMNS: dict[str, tuple[list[str], list[str]]] = {
     "Deployment": (["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], ["CONTAINERS", "IMAGES", "SELECTOR"]),
     "Node": (["NAME", "STATUS", "ROLES", "AGE", "VERSION"], ["INTERNAL-IP", "KERNEL-VERSION", "CPU", "MEMORY"]),
     "Lease": (["NAME", "HOLDER", "AGE"], []),
+    # kubectl's wide columns sit before MESSAGE, which stays last.
+    "Event": (["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"], []),
+    "PriorityClass": (["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"], []),
 }
+_EVENT_WIDE = ["LAST SEEN", "TYPE", "REASON", "OBJECT", "SUBOBJECT", "SOURCE", "FIRST SEEN", "COUNT", "NAME", "MESSAGE"]
 _ROWS: dict[str, Callable[[Obj, TableOptions], Row]] = {
     "Pod": _pod_row, "Deployment": _deployment_row, "Node": _node_row, "Lease": _lease_row,
+    "Event": _event_row, "PriorityClass": _priority_class_row,
 }
 
 
@@ -446,6 +493,8 @@ def _generic_row(obj: Obj, opts: TableOptions) -> Row:
 def table_header(kind: str, opts: TableOptions = TableOptions()) -> Row:
     base, wide = _COLUMNS.get(kind, (["NAME", "AGE"], []))
     header = list(base) + (list(wide) if opts.wide else [])
+    if kind == "Event" and opts.wide:
+        header = list(_EVENT_WIDE)
     return (["NAMESPACE"] + header) if opts.all_namespaces else header
 
 
@@ -730,7 +779,20 @@ def _same_quantity(name: str, a: Any, b: Any) -> bool:
     return str(a) == str(b)
 
 
-def describe_pod(pod: Obj) -> str:
+def _describe_events(page: _Page, events: Sequence[Obj] | None, now: datetime.datetime | None) -> None:
+    """kubectl's DescribeEvents: the object's Events, oldest last-seen first."""
+    if not events:
+        page.write(0, f"Events:\t{NONE}")
+        return
+    page.write(0, "Events:")
+    page.write(1, "Type\tReason\tAge\tFrom\tMessage")
+    page.write(1, "----\t------\t----\t----\t-------")
+    for ev in sorted(events, key=event_sort_key):
+        page.write(1, f"{ev.get('type', '')}\t{ev.get('reason', '')}\t{event_interval(ev, now)}\t"
+                      f"{_event_source(_dict(ev.get('source')))}\t{str(ev.get('message', '')).strip()}")
+
+
+def describe_pod(pod: Obj, events: Sequence[Obj] | None = None, now: datetime.datetime | None = None) -> str:
     md, spec, status = _md(pod), _dict(pod.get("spec")), _dict(pod.get("status"))
     page = _Page()
     page.write(0, f"Name:\t{md.get('name', '')}")
@@ -755,8 +817,8 @@ def describe_pod(pod: Obj) -> str:
     reason, message = status.get("reason"), status.get("message")
     scheduled = _condition(pod, "PodScheduled")
     if not reason and not message and scheduled is not None and scheduled.get("status") != "True":
-        # kubectl shows why a pod is Pending through its FailedScheduling event; orch
-        # has no events yet, and the scheduler leaves that text on the condition.
+        # kubectl shows why a pod is Pending through its FailedScheduling event only;
+        # the condition keeps the text after the event has expired, so show it too.
         reason, message = scheduled.get("reason"), scheduled.get("message")
     if reason:
         page.write(0, f"Reason:\t{reason}")
@@ -788,7 +850,7 @@ def describe_pod(pod: Obj) -> str:
     page.write(0, f"QoS Class:\t{_qos_class(pod)}")
     page.labels("Node-Selectors", spec.get("nodeSelector"))
     _tolerations(page, "Tolerations", spec.get("tolerations"))
-    page.write(0, f"Events:\t{NONE}")
+    _describe_events(page, events, now)
     return page.render()
 
 
@@ -988,11 +1050,13 @@ def _describe_node_pods(page: _Page, node: Obj, pods: Sequence[Obj], now: dateti
                   f"{format_memory(totals[3])} ({_pct(totals[3], alloc_mem)}%)")
 
 
-def describe(obj: Obj, *, node_pods: Sequence[Obj] | None = None, now: datetime.datetime | None = None) -> str:
-    """The describe page for any object; a generic one for kinds without a describer."""
+def describe(obj: Obj, *, node_pods: Sequence[Obj] | None = None, now: datetime.datetime | None = None,
+             events: Sequence[Obj] | None = None) -> str:
+    """The describe page for any object; a generic one for kinds without a describer.
+    ``events``: the Events about the object, shown at the end of a Pod's page."""
     kind = obj.get("kind")
     if kind == "Pod":
-        return describe_pod(obj)
+        return describe_pod(obj, events, now)
     if kind == "Deployment":
         return describe_deployment(obj)
     if kind == "Node":

@@ -121,6 +121,16 @@ class ClusterService(pb_grpc.ClusterServicer):
         except OrchError as e:
             await context.abort(e.code, str(e))
 
+    async def PatchNode(self, request: pb.PatchNodeRequest, context: grpc.aio.ServicerContext) -> pb.ObjectResponse:
+        async def patch() -> Obj:
+            try:
+                body = json.loads(request.spec_patch_json or "{}")
+            except json.JSONDecodeError as e:
+                raise ValidationError(FieldError("spec", f"the patch is not JSON: {e}")) from e
+            return await self.registry.patch_node_spec(request.name, body)
+
+        return pb.ObjectResponse(object_json=json.dumps(await guarded(context, patch())))
+
     # Logs and exec go to the agent of the pod's node (scheduler/proxy.py).
 
     async def PodLogs(self, request: agent_pb2.LogsRequest,

@@ -46,7 +46,7 @@ DEFAULT_PLUGINS: Mapping[str, tuple[str, ...]] = {
     "preFilter": ("NodeResourcesFit", "NodePorts", "PodTopologySpread", "InterPodAffinity", "NodeAffinity"),
     "filter": ("NodeReady", "NodeUnschedulable", "NodeName", "TaintToleration", "NodeAffinity", "NodePorts",
                "NodeResourcesFit", "PodTopologySpread", "InterPodAffinity"),
-    "postFilter": (),
+    "postFilter": ("DefaultPreemption",),
     "preScore": ("TaintToleration", "NodeAffinity", "PodTopologySpread", "InterPodAffinity", "NodeResourcesFit",
                  "NodeResourcesBalancedAllocation", "SelectorSpread"),
     "score": ("NodeResourcesBalancedAllocation", "NodeResourcesFit", "InterPodAffinity", "NodeAffinity",

@@ -96,9 +96,12 @@ class CycleState(dict[str, Any]):
     read its snapshot.
     """
 
-    def __init__(self, nodes: Sequence[NodeInfo] = ()) -> None:
+    def __init__(self, nodes: Sequence[NodeInfo] = (), framework: Framework | None = None) -> None:
         super().__init__()
         self.nodes = nodes
+        # The profile running this cycle: what a PostFilter (preemption) re-runs the
+        # filters with, as kube-scheduler's plugins reach them through their Handle.
+        self.framework = framework
 
 
 def pod_resource_requests(pod: Obj) -> tuple[int, int, int, int]:
@@ -160,6 +163,17 @@ class NodeInfo:
     def allocatable(self) -> tuple[int, int, int]:
         """``(cpu millicores, memory bytes, pods)`` the node offers."""
         return self._allocatable
+
+    def without(self, uids: set[str], extra: Sequence[Obj] = ()) -> NodeInfo:
+        """A copy of this node with the pods of ``uids`` taken away and ``extra`` added:
+        what preemption and nominated pods make of a node."""
+        info = NodeInfo(self.node)
+        for pod in self.pods:
+            if pod["metadata"].get("uid") not in uids:
+                info.add_pod(pod)
+        for pod in extra:
+            info.add_pod(pod)
+        return info
 
     def add_pod(self, pod: Obj) -> None:
         cpu, mem, nz_cpu, nz_mem = pod_resource_requests(pod)
@@ -320,7 +334,7 @@ class Framework:
 
     def schedule(self, pod: Obj, nodes: Sequence[NodeInfo]) -> Decision:
         """Choose a node for ``pod``, or say in kube-scheduler's words why none fits."""
-        state = CycleState(nodes)
+        state = CycleState(nodes, self)
         skipped: set[str] = set()
         for pf in self.pre_filters:
             st = pf.pre_filter(state, pod, nodes)
@@ -344,6 +358,25 @@ class Framework:
         winner = self.rng.choice(sorted(n for n, s in totals.items() if s == best))
         return Decision(winner, f"bound to {winner}", totals, state)
 
+    def fits(self, pod: Obj, node: NodeInfo, nodes: Sequence[NodeInfo]) -> Status:
+        """Would ``pod`` pass every PreFilter and Filter on ``node``, the cluster being ``nodes``
+        (which holds ``node``)? What preemption asks of a node with some pods taken away."""
+        state = CycleState(nodes, self)
+        skipped: set[str] = set()
+        for pf in self.pre_filters:
+            st = pf.pre_filter(state, pod, nodes)
+            if st.code is Code.SKIP:
+                skipped.add(pf.name)
+            elif not st.ok:
+                return st
+        for f in self.filters:
+            if f.name in skipped:
+                continue
+            st = f.filter(state, pod, node)
+            if not st.ok:
+                return st
+        return SUCCESS
+
     def _filter(self, state: CycleState, pod: Obj, nodes: Sequence[NodeInfo],
                 skipped: set[str]) -> tuple[list[NodeInfo], dict[str, Status]]:
         filters = [f for f in self.filters if f.name not in skipped]
@@ -366,7 +399,8 @@ class Framework:
         for pf in self.post_filters:
             result = pf.post_filter(state, pod, nodes, statuses)
             if result.nominated_node is not None:
-                return Decision(None, f"{message} {' '.join(result.status.reasons)}".rstrip(), state=state,
+                # As kube-scheduler: the pod's message stays the fit error; the victims say the rest.
+                return Decision(None, message, state=state,
                                 nominated_node=result.nominated_node, victims=result.victims)
             if result.status.reasons:
                 message = f"{message} {' '.join(result.status.reasons)}"

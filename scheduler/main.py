@@ -16,16 +16,18 @@ from collections.abc import Callable
 
 import grpc
 
-from apimachinery.meta import DEPLOYMENT, NODE, POD
+from apimachinery.meta import CONTROLLER_REVISION, DEPLOYMENT, LEASE, NODE, POD
 from apimachinery.pb import cluster_pb2_grpc, node_pb2_grpc
 from apimachinery.tasks import TaskGroup
 from scheduler.api import ClusterService
 from scheduler.config import config_file_argument, default_profiles
 from scheduler.controllers import DeploymentController, NodeLifecycleController
+from scheduler.events import EventRecorder
 from scheduler.informer import Informer
 from scheduler.leader import DEFAULT_LEASE_DURATION, LeaderElector, Term
 from scheduler.nodes import NodeService
 from scheduler.registry import Registry
+from scheduler.queue import MAX_UNSCHEDULABLE_SECONDS
 from scheduler.scheduling import SchedulingLoop
 from scheduler.store import DEFAULT_PREFIX, Store, compact_periodically
 
@@ -40,6 +42,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--heartbeat-interval", type=int, default=5, help="seconds between agent heartbeats")
     p.add_argument("--node-monitor-grace-period", type=float, default=40.0,
                    help="seconds without a heartbeat before a node is NotReady")
+    p.add_argument("--default-not-ready-toleration-seconds", type=int, default=300, metavar="SECONDS",
+                   help="the tolerationSeconds of the node.kubernetes.io/not-ready:NoExecute toleration given to "
+                        "every pod that has none: how long its pods stay on a NotReady node (default 300)")
+    p.add_argument("--default-unreachable-toleration-seconds", type=int, default=300, metavar="SECONDS",
+                   help="the same for node.kubernetes.io/unreachable: how long pods stay on a node whose "
+                        "agent stopped heartbeating before they are evicted and replaced (default 300)")
     p.add_argument("--compaction-interval", type=float, default=300.0,
                    help="seconds between compactions of etcd's history (0: never)")
     p.add_argument("--config", type=config_file_argument, metavar="FILE",
@@ -54,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="a leader that could not renew for this long stops leading (default 2/3 of the duration)")
     p.add_argument("--leader-elect-retry-period", type=float, metavar="SECONDS",
                    help="between renewals, and between a candidate's attempts (default 2/15 of the duration)")
+    p.add_argument("--pod-max-in-unschedulable-pods-duration", type=float, default=MAX_UNSCHEDULABLE_SECONDS,
+                   metavar="SECONDS", help="the longest an unschedulable pod waits for a cluster event before it is "
+                                           f"tried again (default {MAX_UNSCHEDULABLE_SECONDS:.0f})")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -90,12 +101,20 @@ async def serve(args: argparse.Namespace) -> None:
     # The leader-only loops write through a fenced store: once this process is deposed,
     # their writes (a binding included) fail in etcd, even before it notices.
     leader_store = store.fenced(elector.fence) if elector is not None else store
-    registry = Registry(store)
+    admission = {"not_ready_toleration_seconds": args.default_not_ready_toleration_seconds,
+                 "unreachable_toleration_seconds": args.default_unreachable_toleration_seconds}
+    registry = Registry(store, **admission)
     pods, deployments, nodes = Informer(store, POD), Informer(store, DEPLOYMENT), Informer(store, NODE)
-    scheduling = SchedulingLoop(leader_store, pods, nodes, args.config or default_profiles())
-    deploy_ctl = DeploymentController(Registry(leader_store), deployments, pods)
-    node_ctl = NodeLifecycleController(leader_store, nodes, grace=args.node_monitor_grace_period)
-    node_service = NodeService(registry, pods, heartbeat_interval=args.heartbeat_interval)
+    leases, revisions = Informer(store, LEASE), Informer(store, CONTROLLER_REVISION)
+    scheduling = SchedulingLoop(leader_store, pods, nodes, args.config or default_profiles(),
+                                max_unschedulable_seconds=args.pod_max_in_unschedulable_pods_duration)
+    deploy_ctl = DeploymentController(Registry(leader_store, **admission), deployments, pods, revisions,
+                                      events=EventRecorder(leader_store, "deployment-controller"))
+    node_ctl = NodeLifecycleController(leader_store, nodes, grace=args.node_monitor_grace_period, leases=leases,
+                                       pods=pods, registry=Registry(leader_store, **admission),
+                                       events=EventRecorder(leader_store, "node-controller"))
+    node_service = NodeService(registry, pods, heartbeat_interval=args.heartbeat_interval, nodes=nodes,
+                               lease_duration=args.node_monitor_grace_period)
 
     # No SO_REUSEPORT (gRPC's default): a second process on this port must fail, not share it.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -116,6 +135,8 @@ async def serve(args: argparse.Namespace) -> None:
     tasks.start("informer/pods", pods.run())
     tasks.start("informer/deployments", deployments.run())
     tasks.start("informer/nodes", nodes.run())
+    tasks.start("informer/leases", leases.run())
+    tasks.start("informer/controllerrevisions", revisions.run())
 
     def start_leader_tasks(group: TaskGroup) -> None:
         group.start("scheduling-loop", scheduling.run())

@@ -1,6 +1,11 @@
 """The node protocol servicer: registration, heartbeats, assignments and pod status.
 
-Agents dial in; the scheduler never needs to reach a node. Each agent holds one
+Agents dial in; the scheduler never needs to reach a node. A heartbeat renews the
+node's Lease (``kube-node-lease/<node>``, as kubelet's): one small compare-and-swap
+write, and no write to the Node at all unless its Ready condition must change or its
+status is older than ``NODE_STATUS_REFRESH`` seconds, so heartbeats of many nodes
+neither churn the Node objects nor wake everything that watches them. The node
+lifecycle controller (scheduler/controllers.py) reads the leases. Each agent holds one
 ``WatchAssignments`` stream, and every message on it is the node's whole desired
 set of pods (from the pod informer), sent on any change to the node's pods and at
 least every ``resync`` seconds, so an agent that missed one converges on the next.
@@ -9,8 +14,10 @@ least every ``resync`` seconds, so an agent that missed one converges on the nex
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
+import math
 import platform
 import uuid
 from collections import defaultdict
@@ -18,8 +25,20 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from apimachinery.errors import ConflictError, NotFoundError, OrchError
-from apimachinery.meta import NODE, Obj, now_rfc3339
+from apimachinery.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    NotFoundError,
+    OrchError,
+)
+from apimachinery.meta import (
+    LEASE,
+    NODE,
+    NODE_LEASE_NAMESPACE,
+    Obj,
+    now_rfc3339,
+    parse_rfc3339,
+)
 from apimachinery.pb import node_pb2 as pb
 from apimachinery.pb import node_pb2_grpc as pb_grpc
 from apimachinery.quantity import format_cpu, format_memory
@@ -28,6 +47,25 @@ from scheduler.registry import Registry
 from scheduler.store import WatchEvent
 
 log = logging.getLogger(__name__)
+
+#: A Node's status (lastHeartbeatTime) is rewritten at least this often while its lease is
+#: renewed every heartbeat (kubelet's nodeStatusReportFrequency is 5 minutes).
+NODE_STATUS_REFRESH = 60.0
+
+
+def now_micro() -> str:
+    """A MicroTime, as a Lease's renewTime is in Kubernetes."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def node_lease(node_name: str, lease_duration: float, node_uid: str | None = None) -> Obj:
+    now = now_micro()
+    md: Obj = {"name": node_name, "namespace": NODE_LEASE_NAMESPACE}
+    if node_uid:
+        md["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node", "name": node_name, "uid": node_uid}]
+    return {"apiVersion": LEASE.api_version, "kind": LEASE.kind, "metadata": md,
+            "spec": {"holderIdentity": node_name, "leaseDurationSeconds": math.ceil(lease_duration),
+                     "acquireTime": now, "renewTime": now}}
 
 
 def _resources(r: pb.Resources) -> dict[str, str]:
@@ -73,10 +111,14 @@ def node_from_registration(req: pb.RegisterRequest, current: Obj | None) -> Obj:
 
 class NodeService(pb_grpc.NodeServiceServicer):
     def __init__(self, registry: Registry, pods: Informer, heartbeat_interval: int = 5,
-                 resync: float = 30.0) -> None:
+                 resync: float = 30.0, *, nodes: Informer | None = None, lease_duration: float = 40.0) -> None:
         self.registry = registry
         self.store = registry.store
         self.pods = pods
+        self.nodes = nodes
+        self.lease_duration = lease_duration
+        # The last stored copy of each node's Lease: a renewal is one write guarded by it.
+        self._leases: dict[str, Obj] = {}
         self.heartbeat_interval = heartbeat_interval
         self.resync = resync
         self._versions: dict[str, int] = defaultdict(int)
@@ -114,6 +156,7 @@ class NodeService(pb_grpc.NodeServiceServicer):
                 except ConflictError:
                     continue
             log.info("node %s registered", request.node_name)
+            await self.renew_lease(request.node_name)
         except OrchError as e:
             await context.abort(e.code, str(e))
         return pb.RegisterResponse(heartbeat_interval_seconds=self.heartbeat_interval)
@@ -131,12 +174,53 @@ class NodeService(pb_grpc.NodeServiceServicer):
             return node
 
         try:
-            await self.store.update_with_retry(NODE, None, request.node_name, beat)
+            if self._node_status_due(request.node_name):
+                await self.store.update_with_retry(NODE, None, request.node_name, beat)
+            await self.renew_lease(request.node_name)
         except NotFoundError:
             return pb.HeartbeatResponse(known=False)
         except OrchError as e:
             await context.abort(e.code, str(e))
         return pb.HeartbeatResponse(known=True)
+
+    def _node_status_due(self, name: str) -> bool:
+        """Whether this heartbeat must write the Node too: it is not Ready (in the cache),
+        not cached at all, or its status is older than NODE_STATUS_REFRESH."""
+        if self.nodes is None:
+            return True
+        node = self.nodes.cache.get(("", name))
+        if node is None:
+            return True
+        ready = next((c for c in node.get("status", {}).get("conditions", []) if c.get("type") == "Ready"), None)
+        if ready is None or ready.get("status") != "True" or not ready.get("lastHeartbeatTime"):
+            return True
+        try:
+            beat = parse_rfc3339(ready["lastHeartbeatTime"])
+        except ValueError:
+            return True
+        return (datetime.datetime.now(datetime.UTC) - beat).total_seconds() >= NODE_STATUS_REFRESH
+
+    async def renew_lease(self, name: str) -> None:
+        """Renew ``kube-node-lease/<name>``: one write guarded by the copy last stored,
+        re-read (or created) when someone else changed it."""
+        for _ in range(4):
+            lease = self._leases.get(name) or await self.store.get_or_none(LEASE, NODE_LEASE_NAMESPACE, name)
+            try:
+                if lease is None:
+                    node = await self.store.get(NODE, None, name)
+                    stored = await self.store.create(
+                        {**(fresh := node_lease(name, self.lease_duration, node["metadata"].get("uid"))),
+                         "metadata": {**fresh["metadata"], "uid": str(uuid.uuid4()),
+                                      "creationTimestamp": now_rfc3339()}})
+                else:
+                    renewed = {**lease, "spec": {**lease["spec"], "renewTime": now_micro(),
+                                                 "leaseDurationSeconds": math.ceil(self.lease_duration)}}
+                    stored = await self.store.update(renewed, lease["metadata"]["resourceVersion"])
+                self._leases[name] = stored
+                return
+            except (ConflictError, AlreadyExistsError):
+                self._leases.pop(name, None)
+        raise ConflictError(f'leases "{name}": too many concurrent writers, gave up')
 
     def _assigned(self, node: str) -> list[Obj]:
         pods = [p for p in self.pods.items() if p["spec"].get("nodeName") == node]

@@ -19,12 +19,17 @@ written in the template).
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from apimachinery.errors import ConflictError, FieldError, NotFoundError, ValidationError
+from apimachinery.errors import (
+    ConflictError,
+    FieldError,
+    NotFoundError,
+    ValidationError,
+)
 from apimachinery.labels import (
     Operator,
     Requirement,
@@ -37,9 +42,11 @@ from apimachinery.meta import Obj
 from scheduler.framework import (
     MAX_SCORE,
     SUCCESS,
+    Code,
     CycleState,
     Handle,
     NodeInfo,
+    PostFilterResult,
     Status,
     default_normalize_score,
     pod_resource_requests,
@@ -743,6 +750,123 @@ class SelectorSpread:
         return max(0, MAX_SCORE - 10 * siblings)
 
 
+# --- preemption ------------------------------------------------------------------------------
+
+
+def priority(pod: Obj) -> int:
+    return int(pod["spec"].get("priority") or 0)
+
+
+def _more_important_first(pod: Obj) -> tuple[int, str]:
+    """kube-scheduler's MoreImportantPod: higher priority first, then the one started earlier."""
+    started = pod.get("status", {}).get("startTime") or pod["metadata"].get("creationTimestamp") or ""
+    return -priority(pod), str(started)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A node where the preemptor fits once ``victims`` are gone."""
+
+    node: str
+    victims: tuple[Obj, ...]
+
+    def rank(self) -> tuple[int, int, int]:
+        """kube-scheduler's pickOneNodeForPreemption, lowest first: the lowest highest victim
+        priority, then the lowest sum of priorities (each offset by 2^31 so that negative
+        priorities still count as disruption), then the fewest victims."""
+        prios = [priority(v) for v in self.victims]
+        return (max(prios, default=-(2 ** 31)), sum(p + 2 ** 31 for p in prios), len(prios))
+
+
+def pick_candidate(candidates: Sequence[Candidate]) -> Candidate | None:
+    """The candidate that disturbs least; the first of equals (nodes are in a stable order)."""
+    return min(candidates, key=Candidate.rank, default=None)
+
+
+class DefaultPreemption:
+    """kube-scheduler's DefaultPreemption PostFilter: when a pod fits nowhere, find the node
+    where evicting the fewest, least important lower-priority pods makes it fit.
+
+    On each node a filter did not rule out for good (``Unschedulable``, not
+    ``UnschedulableAndUnresolvable``), every pod of lower priority is taken away; if the
+    preemptor then fits, the victims are added back one by one, most important first,
+    keeping back each that still leaves room (the reprieve). The surviving candidates
+    are ranked by ``Candidate.rank``. The scheduling loop then nominates the node
+    (``status.nominatedNodeName``), deletes the victims gracefully and retries the pod
+    once they are gone.
+    """
+
+    name = "DefaultPreemption"
+    #: kube-scheduler looks at no more candidate nodes than this (minCandidateNodesAbsolute).
+    max_candidates = 100
+
+    def post_filter(self, state: CycleState, pod: Obj, nodes: Sequence[NodeInfo],
+                    statuses: Mapping[str, Status]) -> PostFilterResult:
+        not_eligible = self._not_eligible(pod, nodes)
+        if not_eligible:
+            return PostFilterResult(Status.unschedulable(f"preemption: not eligible due to {not_eligible}."))
+        framework = state.framework
+        if framework is None:
+            return PostFilterResult(Status.error("preemption needs the framework in the cycle state"))
+        candidates: list[Candidate] = []
+        reasons: Counter[str] = Counter()
+        for info in nodes:
+            st = statuses.get(info.name)
+            if st is not None and st.code is Code.UNSCHEDULABLE_AND_UNRESOLVABLE:
+                reasons["Preemption is not helpful for scheduling"] += 1
+                continue
+            victims = self._victims(framework, pod, info, nodes)
+            if victims is None:
+                reasons["No preemption victims found for incoming pod"] += 1
+                continue
+            candidates.append(Candidate(info.name, victims))
+            if len(candidates) >= self.max_candidates:
+                break
+        best = pick_candidate(candidates)
+        if best is None:
+            parts = ", ".join(sorted(f"{n} {r}" for r, n in reasons.items()))
+            return PostFilterResult(Status.unschedulable(f"preemption: 0/{len(nodes)} nodes are available: {parts}."))
+        return PostFilterResult(SUCCESS, best.node, best.victims)
+
+    @staticmethod
+    def _not_eligible(pod: Obj, nodes: Sequence[NodeInfo]) -> str:
+        """Why ``pod`` may not preempt now (kube-scheduler's PodEligibleToPreemptOthers), or ""."""
+        if pod["spec"].get("preemptionPolicy") == "Never":
+            return "preemptionPolicy=Never"
+        nominated = pod.get("status", {}).get("nominatedNodeName")
+        if nominated:
+            # Victims it chose earlier are still terminating there: wait for them rather
+            # than evict more.
+            for info in nodes:
+                if info.name == nominated and any(
+                        p["metadata"].get("deletionTimestamp") and priority(p) < priority(pod) for p in info.pods):
+                    return "a terminating pod on the nominated node"
+        return ""
+
+    @staticmethod
+    def _victims(framework: Any, pod: Obj, info: NodeInfo, nodes: Sequence[NodeInfo]) -> tuple[Obj, ...] | None:
+        """The fewest pods of ``info`` to evict for ``pod`` to fit there, None when none will do."""
+        lower = [p for p in info.pods if priority(p) < priority(pod) and not p["metadata"].get("deletionTimestamp")]
+        if not lower:
+            return None
+        uids = {p["metadata"]["uid"] for p in lower}
+
+        def fits_without(gone: set[str]) -> bool:
+            trial = info.without(gone)
+            return bool(framework.fits(pod, trial, [trial if n.name == info.name else n for n in nodes]).ok)
+
+        if not fits_without(uids):
+            return None
+        victims: list[Obj] = []
+        for p in sorted(lower, key=_more_important_first):
+            uid = p["metadata"]["uid"]
+            if fits_without(uids - {uid}):
+                uids.discard(uid)  # reprieved: it stays
+            else:
+                victims.append(p)
+        return tuple(victims) if victims else None
+
+
 # --- binding ----------------------------------------------------------------------------------
 
 
@@ -761,7 +885,8 @@ class DefaultBinder:
 
 _BUILT_IN: tuple[type, ...] = (
     NodeReady, NodeUnschedulable, NodeName, TaintToleration, NodeAffinity, NodePorts, NodeResourcesFit,
-    NodeResourcesBalancedAllocation, InterPodAffinity, PodTopologySpread, SelectorSpread, DefaultBinder,
+    NodeResourcesBalancedAllocation, InterPodAffinity, PodTopologySpread, SelectorSpread, DefaultPreemption,
+    DefaultBinder,
 )
 
 #: Plugin name → factory taking the plugin's ``args`` from the config file ({} when none).

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from apimachinery.errors import ConflictError, FieldError, NotFoundError, ValidationError
-from apimachinery.meta import KINDS, NODE, POD, Kind, Obj, now_rfc3339, ref
-from apimachinery.validation import validate
+from apimachinery.meta import KINDS, NODE, POD, PRIORITY_CLASS, Kind, Obj, now_rfc3339, ref
+from apimachinery.validation import validate, validate_node_spec
 from scheduler.store import Store, Write
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,34 @@ log = logging.getLogger(__name__)
 DELETE_ATTEMPTS = 5
 
 USER_OWNED_METADATA = ("labels", "annotations", "ownerReferences")
+#: Annotations the controllers write (the Deployment's revision): kept when an applied
+#: document does not set them, as kubectl apply's three-way merge keeps them.
+SERVER_OWNED_ANNOTATION_PREFIXES = ("deployment.kubernetes.io/",)
+
+#: Kubernetes' DefaultTolerationSeconds admission (kube-apiserver's
+#: --default-not-ready-toleration-seconds / --default-unreachable-toleration-seconds).
+TAINT_NOT_READY = "node.kubernetes.io/not-ready"
+TAINT_UNREACHABLE = "node.kubernetes.io/unreachable"
+DEFAULT_TOLERATION_SECONDS = 300
+
+
+def default_tolerations(spec: dict[str, Any], not_ready_seconds: int | None = DEFAULT_TOLERATION_SECONDS,
+                        unreachable_seconds: int | None = DEFAULT_TOLERATION_SECONDS) -> None:
+    """Give a pod spec that does not tolerate them NoExecute tolerations of the not-ready and
+    unreachable taints for a limited time, as Kubernetes' DefaultTolerationSeconds does: its
+    pods leave a lost node after that long. A toleration with that key (or none) and effect
+    NoExecute (or none) already counts. ``None``: add none."""
+    tolerations = list(spec.get("tolerations") or [])
+    added = False
+    for key, seconds in ((TAINT_NOT_READY, not_ready_seconds), (TAINT_UNREACHABLE, unreachable_seconds)):
+        if seconds is None:
+            continue
+        if any(t.get("key", "") in (key, "") and t.get("effect", "") in ("NoExecute", "") for t in tolerations):
+            continue
+        tolerations.append({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds})
+        added = True
+    if added:
+        spec["tolerations"] = tolerations
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +88,9 @@ def _validate_all(raws: list[Any]) -> list[Obj]:
         try:
             if isinstance(raw, dict) and raw.get("kind") == "Node":
                 raise ValidationError(FieldError("kind", "Node objects are written by node registration, not applied"))
+            if isinstance(raw, dict) and raw.get("kind") == "Event":
+                raise ValidationError(FieldError("kind", "Event objects are recorded by the cluster's components, "
+                                                         "not applied"))
             obj = validate(raw)
         except ValidationError as e:
             errors.extend(FieldError(f"{label}: {fe.path}" if fe.path else label, fe.message) for fe in e.errors)
@@ -86,12 +117,35 @@ def _new_object(obj: Obj) -> Obj:
         md.pop(server_owned, None)
     if obj["kind"] == "Pod":
         obj["status"] = {"phase": "Pending"}
-    else:
+    elif obj["kind"] != "PriorityClass":  # a PriorityClass has no status
         obj["status"] = {}
     return obj
 
 
+PRIORITY_CLASS_FIELDS = ("description", "globalDefault", "preemptionPolicy")
+
+
+def _merge_priority_class(current: Obj, applied: Obj) -> Obj:
+    """A PriorityClass keeps its fields at the top level; its value cannot change, as in Kubernetes."""
+    if applied["value"] != current["value"]:
+        raise ValidationError(FieldError("value", "may not be changed in an update"))
+    merged = copy.deepcopy(current)
+    for field in USER_OWNED_METADATA:
+        if field in applied["metadata"]:
+            merged["metadata"][field] = applied["metadata"][field]
+        elif field != "ownerReferences":
+            merged["metadata"].pop(field, None)
+    for field in PRIORITY_CLASS_FIELDS:
+        if field in applied:
+            merged[field] = applied[field]
+        else:
+            merged.pop(field, None)
+    return merged
+
+
 def _merge_applied(current: Obj, applied: Obj) -> Obj:
+    if current["kind"] == "PriorityClass":
+        return _merge_priority_class(current, applied)
     merged = copy.deepcopy(current)
     md = merged["metadata"]
     for field in USER_OWNED_METADATA:
@@ -99,6 +153,10 @@ def _merge_applied(current: Obj, applied: Obj) -> Obj:
             md[field] = applied["metadata"][field]
         elif field != "ownerReferences":
             md.pop(field, None)
+    kept = {k: v for k, v in (current["metadata"].get("annotations") or {}).items()
+            if k.startswith(SERVER_OWNED_ANNOTATION_PREFIXES) and k not in (md.get("annotations") or {})}
+    if kept:
+        md["annotations"] = {**(md.get("annotations") or {}), **kept}
     spec = _pod_spec_update(current, applied) if current["kind"] == "Pod" else applied["spec"]
     if spec != current["spec"]:
         merged["spec"] = spec
@@ -125,14 +183,83 @@ def _pod_spec_update(current: Obj, applied: Obj) -> Obj:
     ])
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge key by key, ``null`` removes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def _pod_priority(spec: dict[str, Any], classes: dict[str, Obj], default: str | None) -> list[FieldError]:
+    """Resolve a pod spec's priority in place; the problems, by field."""
+    name = spec.get("priorityClassName") or default
+    if name is None:
+        return []  # priority 0 (or the one given), preemptionPolicy PreemptLowerPriority
+    pc = classes.get(name)
+    if pc is None:
+        return [FieldError("spec.priorityClassName", f"no PriorityClass with name {name} was found")]
+    value = int(pc["value"])
+    if spec.get("priority") is not None and spec["priority"] != value:
+        return [FieldError("spec.priority", f"the integer value of priority ({spec['priority']}) must not be "
+                                            f"provided in pod spec; priority admission controller computed {value} "
+                                            "from the given PriorityClass name")]
+    spec["priorityClassName"] = name
+    spec["priority"] = value
+    spec.setdefault("preemptionPolicy", pc.get("preemptionPolicy") or "PreemptLowerPriority")
+    return []
+
+
 class Registry:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, not_ready_toleration_seconds: int | None = DEFAULT_TOLERATION_SECONDS,
+                 unreachable_toleration_seconds: int | None = DEFAULT_TOLERATION_SECONDS) -> None:
         self.store = store
+        self.not_ready_toleration_seconds = not_ready_toleration_seconds
+        self.unreachable_toleration_seconds = unreachable_toleration_seconds
+
+    def _admit(self, objs: list[Obj]) -> None:
+        """Admission after validation: defaults that depend on the server's settings."""
+        for obj in objs:
+            if obj["kind"] == "Pod":
+                default_tolerations(obj["spec"], self.not_ready_toleration_seconds,
+                                    self.unreachable_toleration_seconds)
+
+    async def _admit_priority(self, objs: list[Obj]) -> None:
+        """Kubernetes' Priority admission: a pod's ``spec.priority`` (and its default
+        ``preemptionPolicy``) come from the PriorityClass its ``priorityClassName`` names,
+        or from the one marked ``globalDefault`` when it names none; and only one class
+        may be the default. PriorityClasses applied in the same batch count."""
+        if not any(o["kind"] in ("Pod", "PriorityClass") for o in objs):
+            return
+        stored, _ = await self.store.list(PRIORITY_CLASS)
+        classes = {c["metadata"]["name"]: c for c in stored}
+        classes.update({o["metadata"]["name"]: o for o in objs if o["kind"] == "PriorityClass"})
+        defaults = sorted(n for n, c in classes.items() if c.get("globalDefault"))
+        errors: list[FieldError] = []
+        for i, obj in enumerate(objs):
+            label = _describe(i, obj)
+            if obj["kind"] == "PriorityClass" and obj.get("globalDefault") and len(defaults) > 1:
+                other = next(n for n in defaults if n != obj["metadata"]["name"])
+                errors.append(FieldError(f"{label}: globalDefault",
+                                         f"PriorityClass {other} is already marked as default. Only one default "
+                                         "can exist"))
+            elif obj["kind"] == "Pod":
+                errors.extend(FieldError(f"{label}: {fe.path}", fe.message)
+                              for fe in _pod_priority(obj["spec"], classes, defaults[0] if defaults else None))
+        if errors:
+            raise ValidationError(errors)
 
     # --- apply -------------------------------------------------------------
 
     async def apply(self, raws: list[Any], *, dry_run: bool = False) -> list[ApplyResult]:
         objs = _validate_all(raws)
+        self._admit(objs)
+        await self._admit_priority(objs)
         results: list[ApplyResult] = []
         writes: list[Write] = []
         for obj in objs:
@@ -172,6 +299,8 @@ class Registry:
     async def create(self, obj: Obj) -> Obj:
         """Create one object (validated like an applied one); for controllers."""
         (valid,) = _validate_all([obj])
+        self._admit([valid])
+        await self._admit_priority([valid])
         return await self.store.create(_new_object(valid))
 
     # --- delete ------------------------------------------------------------
@@ -242,6 +371,24 @@ class Registry:
             except ConflictError:
                 continue
         return False
+
+    # --- nodes ---------------------------------------------------------------
+
+    async def patch_node_spec(self, name: str, patch: Any) -> Obj:
+        """Apply a JSON merge patch to a Node's spec (cordon, taints), validated whole and
+        written with compare-and-swap on the latest copy (re-read on a lost race)."""
+        if not isinstance(patch, dict):
+            raise ValidationError(FieldError("spec", "the patch must be a JSON object"))
+
+        def mutate(node: Obj) -> Obj | None:
+            spec = validate_node_spec(merge_patch(node.get("spec") or {}, patch))
+            if spec == (node.get("spec") or {}):
+                return None
+            node["spec"] = spec
+            return node
+
+        updated = await self.store.update_with_retry(NODE, None, name, mutate)
+        return updated if updated is not None else await self.store.get(NODE, None, name)
 
     # --- status --------------------------------------------------------------
 

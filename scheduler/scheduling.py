@@ -1,11 +1,46 @@
-"""The scheduling loop: Pending pods → their profile's framework → bind with a guarded etcd write.
+"""The scheduling loop: Pending pods → the scheduling queue → their profile's framework → a
+binding that cannot double-book a node.
 
-The loop reads the pod and node informers, never etcd; a pass starts on any change
-(a hint) and at least every ``resync`` seconds (the truth). A binding is an update
-of the pod guarded by the revision the decision was made from, so a pod changed or
-deleted meanwhile is never bound from stale data, and the same pod is never bound
-twice. Bound pods are *assumed* on their node until the informer shows the binding,
-so two decisions in a row never double-book a node.
+**Feeding the queue.** The pod and node informers' notifications are translated
+into queue operations (``scheduler.queue``): a new Pending pod is added, a bound or
+deleted one forgotten; a node added or changed in a way scheduling reads
+(allocatable, labels, taints, cordon, readiness), a pod deleted or finished, moves
+the parked unschedulable pods back. Every ``resync`` seconds the loop re-adds every
+Pending pod it sees (level-triggered: a lost hint costs a few seconds, never a pod).
+
+**A pass** takes every active pod, highest priority first, and decides each against
+NodeInfos built once per pass from the informers, with the pods this scheduler
+bound meanwhile *assumed* on their nodes (until the informer shows them) and the
+pods nominated by preemption counted on their nominated node for pods of no higher
+priority, as kube-scheduler does, so that the room a preemption made is kept for
+the preemptor.
+
+**Explained decisions.** A pod no node takes gets the ``PodScheduled=False``
+condition (reason ``Unschedulable``, kube-scheduler's ``0/N nodes are available: …``
+message) and a Warning ``FailedScheduling`` Event with the same text; a bound pod a
+Normal ``Scheduled`` Event. When a PostFilter (``DefaultPreemption``) found room by
+evicting lower-priority pods, the pod's ``status.nominatedNodeName`` is set, the
+victims are deleted gracefully through the registry, each with a ``Preempted``
+Event, and the pod waits in the queue until their deletion moves it back.
+
+**Bindings that cannot double-book.** A binding is one etcd transaction (``Store.bind``)
+guarded by the pod's revision — so a pod changed or deleted since the decision is
+never bound, and never bound twice — and by the revision of its node's allocation
+ledger (``<prefix>/nodeallocations/<node>``: the uid and requests of every pod bound
+there). Before writing, the binder recomputes the ledger from the pods and checks
+that the pod still fits the node's allocatable (cpu, memory, pod count); if another
+scheduler bound to that node meanwhile, the transaction fails, the binder re-reads
+the ledger and checks again. So two schedulers working from stale caches can at
+worst waste an attempt; they can never put a node over its allocatable.
+
+The ledger is *derived from the pods*: an entry whose pod the informer no longer
+shows (deleted, finished, or re-created with another uid) is dropped at the next
+bind to that node — but only once the informer has caught up with the ledger's
+revision, so a pod bound by another scheduler that this one has not seen yet is
+never mistaken for a deleted one. Pods found on the node but missing from the
+ledger (given ``spec.nodeName`` by hand, or bound before the ledger existed) are
+added. Nothing else has to maintain it: deletes, evictions and restarts leave it
+merely stale, and staleness only ever errs on the side of less room.
 
 A pod is scheduled by the profile its ``spec.schedulerName`` names. A pod naming a
 profile this scheduler does not have is left alone, Pending, with no condition and
@@ -14,19 +49,33 @@ no event, as kube-scheduler leaves it: another scheduler may own that name.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
-from collections.abc import Mapping
+import random
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from apimachinery.errors import ConflictError, NotFoundError
-from apimachinery.meta import Obj, now_rfc3339, ref
+from apimachinery.errors import ConflictError, NotFoundError, OrchError
+from apimachinery.meta import POD, Obj, now_rfc3339, ref
 from apimachinery.validation import DEFAULT_SCHEDULER_NAME
-from scheduler.framework import Decision, Framework, NodeInfo
-from scheduler.informer import Informer, Loop
-from scheduler.store import Store
+from scheduler.events import NORMAL, WARNING, EventRecorder
+from scheduler.framework import Decision, Framework, NodeInfo, pod_resource_requests
+from scheduler.informer import Informer, obj_key
+from scheduler.queue import MAX_UNSCHEDULABLE_SECONDS, SchedulingQueue
+from scheduler.registry import Registry
+from scheduler.store import AllocationConflict, NodeAllocation, Store, WatchEvent
 
 log = logging.getLogger(__name__)
 
 TERMINAL = ("Succeeded", "Failed")
+#: How often one binding re-reads a contended ledger before the pod goes back to the queue.
+BIND_ATTEMPTS = 8
+#: Events waiting to be written; beyond this they are dropped (client-go's broadcaster drops too).
+MAX_QUEUED_EVENTS = 1000
 
 
 def is_pending(pod: Obj) -> bool:
@@ -38,15 +87,23 @@ def is_pending(pod: Obj) -> bool:
     )
 
 
+def is_terminal(pod: Obj) -> bool:
+    return pod.get("status", {}).get("phase") in TERMINAL
+
+
 def scheduler_name(pod: Obj) -> str:
     return str(pod["spec"].get("schedulerName") or DEFAULT_SCHEDULER_NAME)
+
+
+def priority(pod: Obj) -> int:
+    return int(pod["spec"].get("priority") or 0)
 
 
 def build_node_infos(nodes: list[Obj], pods: list[Obj]) -> dict[str, NodeInfo]:
     infos = {n["metadata"]["name"]: NodeInfo(n) for n in nodes}
     for pod in pods:
         node = pod["spec"].get("nodeName")
-        if node in infos and pod.get("status", {}).get("phase") not in TERMINAL:
+        if node in infos and not is_terminal(pod):
             infos[node].add_pod(pod)
     return infos
 
@@ -60,19 +117,188 @@ def _condition(status: str, reason: str = "", message: str = "") -> Obj:
     return cond
 
 
+def node_signature(node: Obj) -> str:
+    """What of a node scheduling reads: a change here may let an unschedulable pod fit."""
+    ready = next((c.get("status") for c in node.get("status", {}).get("conditions", []) if c.get("type") == "Ready"),
+                 None)
+    return json.dumps([node.get("status", {}).get("allocatable"), node["metadata"].get("labels"),
+                       node.get("spec", {}).get("taints"), node.get("spec", {}).get("unschedulable"), ready],
+                      sort_keys=True)
+
+
+# --- the allocation ledger: pure --------------------------------------------------------------
+
+
+def ledger_entry(pod: Obj) -> dict[str, Any]:
+    cpu, memory, _, _ = pod_resource_requests(pod)
+    md = pod["metadata"]
+    return {"namespace": md.get("namespace", ""), "name": md["name"], "cpu": cpu, "memory": memory}
+
+
+def reconcile_ledger(allocation: NodeAllocation, pods: Mapping[tuple[str, str], Obj], pods_revision: int,
+                     on_node: Sequence[Obj]) -> dict[str, dict[str, Any]]:
+    """The ledger as the pods say it should be.
+
+    ``pods`` is an informer's cache, consistent at ``pods_revision``. An entry is dropped
+    only when that cache is at least as new as the ledger and no longer shows its pod
+    bound to the node and running: every entry was written together with its pod's
+    binding, at or before the ledger's revision, so a cache that new would show it.
+    ``on_node``: the pods the scheduler counts on the node, added when missing.
+    """
+    ledger = dict(allocation.pods)
+    if pods_revision >= allocation.revision:
+        for uid, entry in list(ledger.items()):
+            current = pods.get((entry.get("namespace", ""), entry.get("name", "")))
+            if (current is None or current["metadata"].get("uid") != uid or is_terminal(current)
+                    or current["spec"].get("nodeName") != allocation.node):
+                del ledger[uid]
+    for pod in on_node:
+        uid = pod["metadata"].get("uid")
+        if uid and uid not in ledger and not is_terminal(pod):
+            ledger[uid] = ledger_entry(pod)
+    return ledger
+
+
+def ledger_shortfall(ledger: Mapping[str, Mapping[str, Any]], entry: Mapping[str, Any],
+                     allocatable: tuple[int, int, int]) -> list[str]:
+    """Why the pod of ``entry`` does not fit beside the ``ledger``'s pods (kube-scheduler's
+    reasons), empty when it fits."""
+    cpu = sum(int(e.get("cpu", 0)) for e in ledger.values()) + int(entry["cpu"])
+    memory = sum(int(e.get("memory", 0)) for e in ledger.values()) + int(entry["memory"])
+    alloc_cpu, alloc_memory, alloc_pods = allocatable
+    reasons = []
+    if len(ledger) + 1 > alloc_pods:
+        reasons.append("Too many pods")
+    if entry["cpu"] and cpu > alloc_cpu:
+        reasons.append("Insufficient cpu")
+    if entry["memory"] and memory > alloc_memory:
+        reasons.append("Insufficient memory")
+    return reasons
+
+
+class NodeFullError(ConflictError):
+    """The node's ledger has no room for the pod: another scheduler filled it first."""
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
 class SchedulingLoop:
     def __init__(self, store: Store, pods: Informer, nodes: Informer, profiles: Mapping[str, Framework],
-                 resync: float = 5.0) -> None:
+                 resync: float = 5.0, *, registry: Registry | None = None,
+                 max_unschedulable_seconds: float = MAX_UNSCHEDULABLE_SECONDS) -> None:
         self.store = store
         self.pods = pods
         self.nodes = nodes
         self.profiles = profiles
+        self.resync = resync
+        self.registry = registry or Registry(store)
+        self.queue = SchedulingQueue(max_unschedulable_seconds=max_unschedulable_seconds)
+        self.recorders = {name: EventRecorder(store, name) for name in profiles}
         # uid -> the bound pod as written, until the informer catches up.
         self._assumed: dict[str, Obj] = {}
-        self.loop = Loop("scheduling loop", [pods, nodes], self.schedule_pending, resync)
+        # node -> its ledger as this scheduler last wrote it (re-read on conflict).
+        self._allocations: dict[str, NodeAllocation] = {}
+        self._infos: dict[str, NodeInfo] = {}
+        self._bound: dict[str, tuple[str, bool]] = {}  # uid -> (node, terminal), to notice moves
+        self._node_signatures: dict[str, str] = {}
+        self._wake = asyncio.Event()
+        self._events: asyncio.Queue[tuple[Obj, str, str, str, str]] = asyncio.Queue(MAX_QUEUED_EVENTS)
+        pods.add_listener(self._on_pod)
+        nodes.add_listener(self._on_node)
+
+    def pending_pods(self) -> dict[str, int]:
+        """Pods waiting in each sub-queue: active, backoff, unschedulable."""
+        return self.queue.pending_pods()
+
+    # --- from the informers to the queue ----------------------------------------------------
+
+    def _ours(self, pod: Obj) -> bool:
+        return is_pending(pod) and scheduler_name(pod) in self.profiles
+
+    def _on_pod(self, ev: WatchEvent | None) -> None:
+        if ev is None:
+            self._resync_queue()
+            self.queue.move_all("relist")
+            self._wake.set()
+            return
+        pod, uid = ev.obj, ev.obj["metadata"]["uid"]
+        if ev.type == "DELETED":
+            self.queue.delete(uid)
+            if self._bound.pop(uid, None) is not None:
+                self._cluster_event("AssignedPodDelete")
+            return
+        if self._ours(pod):
+            self.queue.update(pod)
+            self._wake.set()
+        else:
+            self.queue.delete(uid)
+        node = pod["spec"].get("nodeName")
+        if node:
+            state = (node, is_terminal(pod))
+            before = self._bound.get(uid)
+            self._bound[uid] = state
+            if before is not None and before != state:
+                self._cluster_event("AssignedPodUpdate")
+
+    def _on_node(self, ev: WatchEvent | None) -> None:
+        if ev is None:
+            self._node_signatures = {n["metadata"]["name"]: node_signature(n) for n in self.nodes.items()}
+            self._cluster_event("NodeRelist")
+            return
+        name = ev.obj["metadata"]["name"]
+        if ev.type == "DELETED":
+            self._node_signatures.pop(name, None)
+            self._allocations.pop(name, None)
+            return
+        sig = node_signature(ev.obj)
+        if self._node_signatures.get(name) != sig:
+            self._node_signatures[name] = sig
+            self._cluster_event("NodeAdd" if ev.type == "ADDED" else "NodeUpdate")
+
+    def _cluster_event(self, event: str) -> None:
+        if self.queue.move_all(event):
+            log.debug("%s: unschedulable pods move back to the queue", event)
+        self._wake.set()
+
+    def _resync_queue(self) -> None:
+        """Level-triggered: every Pending pod of ours is queued, nothing else is."""
+        ours = {p["metadata"]["uid"]: p for p in self.pods.items() if self._ours(p)}
+        for pod in ours.values():
+            if pod["metadata"]["uid"] not in self._assumed:
+                self.queue.add(pod)
+        for uid in self.queue.uids() - set(ours):
+            self.queue.delete(uid)
+
+    # --- the loop ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        await self.loop.run()
+        for inf in (self.pods, self.nodes):
+            await inf.synced.wait()
+        writer = asyncio.create_task(self._write_events(), name="scheduler event writer")
+        last_resync = time.monotonic()
+        self._resync_queue()
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    await self.schedule_pending()
+                except OrchError as e:
+                    log.warning("scheduling pass failed: %s", e)
+                if time.monotonic() - last_resync >= self.resync:
+                    self._resync_queue()
+                    last_resync = time.monotonic()
+                if self.queue.has_active():
+                    continue
+                timeout = self.resync - (time.monotonic() - last_resync)
+                wake = self.queue.next_wake()
+                if wake is not None:
+                    timeout = min(timeout, wake)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(timeout, 0.01))
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
 
     def _current_pods(self) -> list[Obj]:
         """The informer's pods, with assumed bindings laid over copies it has not caught up with."""
@@ -92,62 +318,184 @@ class SchedulingLoop:
         return pods
 
     async def schedule_pending(self) -> None:
+        """One pass: every active pod of the queue, in its order."""
+        batch = self.queue.pop_all()
+        if not batch:
+            return
         pods = self._current_pods()
-        infos = build_node_infos(self.nodes.items(), pods)
-        pending = sorted((p for p in pods if is_pending(p) and scheduler_name(p) in self.profiles),
-                         key=lambda p: (-int(p["spec"].get("priority", 0)), p["metadata"]["creationTimestamp"]))
-        for pod in pending:
-            framework = self.profiles[scheduler_name(pod)]
-            decision = framework.schedule(pod, list(infos.values()))
-            if decision.node is None:
-                await self._mark_unschedulable(pod, decision.message)
+        self._infos = infos = build_node_infos(self.nodes.items(), pods)
+        nominated = [p for p in pods if is_pending(p) and p.get("status", {}).get("nominatedNodeName")]
+        for queued in batch:
+            pod = self._latest(queued)
+            if pod is None:
+                self.queue.done(queued)
                 continue
-            bound = await self._reserve_and_bind(framework, pod, decision)
-            if bound is not None:
-                infos[decision.node].add_pod(bound)
+            try:
+                await self._schedule_one(pod, infos, nominated)
+            except OrchError as e:
+                log.warning("scheduling pod %s failed: %s", ref(pod), e)
+                self.queue.failed(pod, unschedulable=False)
+
+    def _latest(self, queued: Obj) -> Obj | None:
+        """The informer's copy of a queued pod, if it is still ours to schedule."""
+        pod = self.pods.cache.get(obj_key(queued))
+        uid = queued["metadata"]["uid"]
+        if pod is None or pod["metadata"]["uid"] != uid or uid in self._assumed or not self._ours(pod):
+            return None
+        return pod
+
+    def _nodes_for(self, pod: Obj, infos: Mapping[str, NodeInfo], nominated: Sequence[Obj]) -> list[NodeInfo]:
+        """The nodes as ``pod`` sees them: with the pods nominated there by preemption that
+        are at least as important counted as if already bound (kube-scheduler's
+        RunFilterPluginsWithNominatedPods), so a lower-priority pod cannot take their room."""
+        extra: dict[str, list[Obj]] = defaultdict(list)
+        for other in nominated:
+            node = other["status"]["nominatedNodeName"]
+            uid = other["metadata"]["uid"]
+            if (uid != pod["metadata"]["uid"] and uid not in self._assumed and node in infos
+                    and priority(other) >= priority(pod)):
+                extra[node].append(other)
+        if not extra:
+            return list(infos.values())
+        return [info.without(set(), extra[name]) if name in extra else info for name, info in infos.items()]
+
+    async def _schedule_one(self, pod: Obj, infos: dict[str, NodeInfo], nominated: Sequence[Obj]) -> None:
+        framework = self.profiles[scheduler_name(pod)]
+        decision = framework.schedule(pod, self._nodes_for(pod, infos, nominated))
+        if decision.node is None:
+            if decision.error:
+                log.error("scheduling pod %s: %s", ref(pod), decision.message)
+                self.queue.failed(pod, unschedulable=False)
+                return
+            if decision.nominated_node is not None:
+                await self._preempt(framework, pod, decision)
+            await self._mark_unschedulable(framework, pod, decision.message, decision.nominated_node)
+            self.queue.failed(pod, unschedulable=True)
+            return
+        bound = await self._reserve_and_bind(framework, pod, decision)
+        if bound is None:
+            self.queue.failed(pod, unschedulable=False)
+            return
+        infos[decision.node].add_pod(bound)
+        self.queue.done(pod)
+        md = pod["metadata"]
+        self._emit(framework, bound, NORMAL, "Scheduled",
+                   f"Successfully assigned {md['namespace']}/{md['name']} to {decision.node}")
 
     async def _reserve_and_bind(self, framework: Framework, pod: Obj, decision: Decision) -> Obj | None:
         """The decided pod bound, or None when a Reserve or Bind plugin refused (undone)."""
         assert decision.node is not None
         status = framework.reserve(decision.state, pod, decision.node)
         if not status.ok:
-            await self._mark_unschedulable(pod, "; ".join(status.reasons))
+            await self._mark_unschedulable(framework, pod, "; ".join(status.reasons))
             return None
         status = await framework.bind(decision.state, pod, decision.node, self)
         if not status.ok:
-            # Changed or deleted since the decision: the next pass decides again from fresh data.
+            # Changed, deleted or out-bid since the decision: decided again from fresh data.
             log.info("binding pod %s to %s failed: %s", ref(pod), decision.node, "; ".join(status.reasons))
             framework.unreserve(decision.state, pod, decision.node)
             return None
         return self._assumed.get(pod["metadata"]["uid"])
 
+    # --- binding -------------------------------------------------------------------------------
+
     async def bind_pod(self, pod: Obj, node: str) -> Obj:
         """The framework Handle's binding: ``spec.nodeName`` and the PodScheduled condition,
-        written only if the pod is still at the revision the decision was made from."""
+        written with the node's ledger in one transaction, only if the pod is still at
+        the revision the decision was made from and the node still has room."""
         bound = {**pod, "spec": {**pod["spec"], "nodeName": node}}
         status = dict(pod.get("status", {}))
         status["conditions"] = [c for c in status.get("conditions", []) if c.get("type") != "PodScheduled"]
         status["conditions"].append(_condition("True"))
-        status.pop("reason", None)
-        status.pop("message", None)
+        for gone in ("reason", "message", "nominatedNodeName"):
+            status.pop(gone, None)
         bound["status"] = status
-        stored = await self.store.update(bound, pod["metadata"]["resourceVersion"])
-        self._assumed[stored["metadata"]["uid"]] = stored
-        log.info("bound pod %s to node %s", ref(pod), node)
-        return stored
+        entry = ledger_entry(pod)
+        uid = pod["metadata"]["uid"]
+        allocatable = self._allocatable(node)
+        for attempt in range(BIND_ATTEMPTS):
+            cached = self._allocations.get(node)
+            allocation = cached if cached is not None else await self.store.get_allocation(node)
+            on_node = self._infos[node].pods if node in self._infos else []
+            ledger = reconcile_ledger(allocation, self.pods.cache, self.pods.revision, on_node)
+            ledger.pop(uid, None)
+            short = ledger_shortfall(ledger, entry, allocatable)
+            if short:
+                if cached is not None:
+                    self._allocations.pop(node, None)  # perhaps stale: decide on a fresh read
+                    continue
+                raise NodeFullError(f'node "{node}" has no room left for pod {ref(pod)}: {", ".join(short)}')
+            ledger[uid] = entry
+            try:
+                stored, written = await self.store.bind(bound, int(pod["metadata"]["resourceVersion"]),
+                                                        NodeAllocation(node, ledger, allocation.revision))
+            except AllocationConflict:
+                self._allocations.pop(node, None)
+                await asyncio.sleep(random.uniform(0, min(0.005 * 2 ** attempt, 0.2)))
+                continue
+            self._allocations[node] = written
+            self._assumed[uid] = stored
+            log.info("bound pod %s to node %s", ref(pod), node)
+            return stored
+        raise ConflictError(f'node "{node}": too many concurrent bindings, pod {ref(pod)} goes back to the queue')
 
-    async def _mark_unschedulable(self, pod: Obj, message: str) -> None:
+    def _allocatable(self, node: str) -> tuple[int, int, int]:
+        info = self._infos.get(node)
+        if info is None:
+            obj = self.nodes.cache.get(("", node))
+            if obj is None:
+                raise NotFoundError(f'nodes "{node}" not found')
+            info = NodeInfo(obj)
+        return info.allocatable()
+
+    # --- explaining, and preempting ----------------------------------------------------------
+
+    async def _mark_unschedulable(self, framework: Framework, pod: Obj, message: str,
+                                  nominated: str | None = None) -> None:
+        """PodScheduled=False with the reason, and a FailedScheduling Event (counted, when repeated)."""
+        self._emit(framework, pod, WARNING, "FailedScheduling", message)
         status = pod.get("status", {})
-        for c in status.get("conditions", []):
-            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("message") == message:
-                return
+        same = any(c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("message") == message
+                   for c in status.get("conditions", []))
+        if same and (nominated is None or status.get("nominatedNodeName") == nominated):
+            return
         new_status = dict(status)
         new_status["phase"] = "Pending"
         new_status["conditions"] = [c for c in status.get("conditions", []) if c.get("type") != "PodScheduled"]
         new_status["conditions"].append(_condition("False", "Unschedulable", message))
+        if nominated is not None:
+            new_status["nominatedNodeName"] = nominated
         try:
             await self.store.update({**pod, "status": new_status}, pod["metadata"]["resourceVersion"])
             log.info("pod %s unschedulable: %s", ref(pod), message)
         except (ConflictError, NotFoundError):
             pass
 
+    async def _preempt(self, framework: Framework, pod: Obj, decision: Decision) -> None:
+        """Delete the victims gracefully, each with a Preempted Event; the preemptor is retried
+        once their deletion moves it back from the unschedulable queue."""
+        for victim in decision.victims:
+            md = victim["metadata"]
+            try:
+                await self.registry.delete(POD, md["namespace"], md["name"])
+            except NotFoundError:
+                continue
+            except OrchError as e:
+                log.warning("preempting pod %s for %s failed: %s", ref(victim), ref(pod), e)
+                continue
+            log.info("pod %s preempted by %s on node %s", ref(victim), ref(pod), decision.nominated_node)
+            self._emit(framework, victim, NORMAL, "Preempted",
+                       f"Preempted by {ref(pod)} on node {decision.nominated_node}")
+
+    def _emit(self, framework: Framework, obj: Obj, type_: str, reason: str, message: str) -> None:
+        """Queue an Event for the writer task: a binding never waits for its Event."""
+        try:
+            self._events.put_nowait((obj, type_, reason, message, framework.scheduler_name))
+        except asyncio.QueueFull:
+            log.warning("event %s about %s dropped: %d events wait already", reason, ref(obj), MAX_QUEUED_EVENTS)
+
+    async def _write_events(self) -> None:
+        while True:
+            obj, type_, reason, message, component = await self._events.get()
+            recorder = self.recorders.get(component) or EventRecorder(self.store, component)
+            await recorder.record(obj, type_, reason, message)

@@ -12,6 +12,18 @@ filled in on every read. Every write is a transaction guarded by that revision
 never a silent overwrite. Several objects can be written in one transaction, which
 is how ``apply`` of a multi-document file is all-or-nothing.
 
+**Node allocations** (``<prefix>/nodeallocations/<node>``) make a binding safe
+against other schedulers, not just against stale data. Each holds the ledger of
+pods the schedulers bound to that node, by uid, with their requests. ``bind`` is
+one transaction: the pod's revision *and* the ledger's revision are compared, the
+pod (with ``spec.nodeName``) and the ledger (with the pod added) are put. The
+scheduler checks the ledger's sum against the node's allocatable before it writes;
+two schedulers that both read the same ledger cannot both commit, so the loser
+re-reads, re-checks and either fits or gives up. Nothing else writes a ledger:
+pods that leave are dropped lazily by the next bind to that node (see
+``scheduler.scheduling``), which derives that from the pods themselves, so a ledger
+is only ever a cache of the pods: lost or stale, it heals from them.
+
 A *fenced* store (``Store.fenced``) adds one more compare to each of its writes:
 the leader's election key must still have the create revision it had when this
 process won it (scheduler/leader.py). The leader-only loops write through one, so
@@ -48,6 +60,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PREFIX = "/orch"
 # etcd's default --max-txn-ops is 128; each object costs one compare and one put.
 MAX_OBJECTS_PER_TXN = 60
+# Keys with a TTL written within this many seconds share one etcd lease (kube-apiserver's
+# --lease-reuse-duration-seconds).
+LEASE_REUSE_SECONDS = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +83,20 @@ class Fence:
 
 class FenceError(UnavailableError):
     """A fenced write found the fence gone: this process no longer leads, and wrote nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAllocation:
+    """The ledger of one node: ``pods`` maps a pod uid to ``{namespace, name, cpu, memory}``
+    (millicores, bytes); ``revision`` is the key's mod_revision, 0 when there is none."""
+
+    node: str
+    pods: dict[str, dict[str, Any]]
+    revision: int
+
+
+class AllocationConflict(ConflictError):
+    """The node's ledger changed since it was read (another binding to that node won); re-read it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +126,8 @@ class Store:
         self.client = client
         self.prefix = prefix.rstrip("/")
         self._fence = fence
+        # ttl -> (lease id, loop time until which new keys may join it); see ttl_lease.
+        self._leases: dict[int, tuple[int, float]] = {}
 
     def fenced(self, fence: Callable[[], Fence | None]) -> Store:
         """This store (same client) with every write guarded by ``fence()``; when it
@@ -194,20 +225,37 @@ class Store:
 
     # --- writes ------------------------------------------------------------
 
-    async def create(self, obj: Obj) -> Obj:
-        return (await self.write([Write(obj, 0)]))[0]
+    async def create(self, obj: Obj, *, lease: int | None = None) -> Obj:
+        return (await self.write([Write(obj, 0)], lease=lease))[0]
 
-    async def update(self, obj: Obj, expected_rv: int | str | None = None) -> Obj:
+    async def update(self, obj: Obj, expected_rv: int | str | None = None, *, lease: int | None = None) -> Obj:
         """Replace ``obj`` if etcd still holds the revision it was read at."""
         rv = int(expected_rv if expected_rv is not None else obj["metadata"]["resourceVersion"])
-        return (await self.write([Write(obj, rv)]))[0]
+        return (await self.write([Write(obj, rv)], lease=lease))[0]
 
-    async def write(self, writes: Iterable[Write]) -> builtins.list[Obj]:
+    async def ttl_lease(self, ttl: int, reuse: int = LEASE_REUSE_SECONDS) -> int:
+        """The id of an etcd lease that expires ``ttl`` seconds (at least) from now, for keys
+        that must delete themselves (Events).
+
+        As kube-apiserver's lease manager: one lease serves every such write of a
+        ``reuse``-second window (granted ``ttl + reuse`` so the last key of the window
+        still lives ``ttl``), instead of one lease per key that etcd would have to track.
+        """
+        loop_time = asyncio.get_running_loop().time()
+        cached = self._leases.get(ttl)
+        if cached is not None and loop_time < cached[1]:
+            return cached[0]
+        lease = await self._run(lambda: self.client.lease(ttl + reuse))
+        self._leases[ttl] = (int(lease.id), loop_time + reuse)
+        return int(lease.id)
+
+    async def write(self, writes: Iterable[Write], *, lease: int | None = None) -> builtins.list[Obj]:
         """Write every object in one transaction: all or nothing.
 
         Raises ConflictError (an object changed since it was read, or was deleted),
         AlreadyExistsError (a create found the name taken). Returns the objects as
-        stored, with their new resourceVersion.
+        stored, with their new resourceVersion. With ``lease`` (``ttl_lease``), etcd
+        deletes the keys written when the lease expires.
         """
         writes = builtins.list(writes)
         if not writes:
@@ -223,7 +271,7 @@ class Store:
                 compares.append(tx.create(key) == 0)
             else:
                 compares.append(tx.mod(key) == w.expected_rv)
-            puts.append(tx.put(key, self._encode(w.obj)))
+            puts.append(tx.put(key, self._encode(w.obj), lease=lease))
         ok, responses = await self._run(lambda: self.client.transaction(compare=compares, success=puts, failure=[]))
         if not ok:
             await self._check_fence(fence)
@@ -303,6 +351,45 @@ class Store:
                 # would collide again, one getting through per round, the rest giving up.
                 await asyncio.sleep(random.uniform(0, min(0.01 * 2 ** attempt, 0.5)))
         raise ConflictError(f'{kind.plural} "{name}": too many concurrent writers, gave up')
+
+    # --- bindings ----------------------------------------------------------
+
+    def allocation_key(self, node: str) -> bytes:
+        return f"{self.prefix}/nodeallocations/{node}".encode()
+
+    async def get_allocation(self, node: str) -> NodeAllocation:
+        kv = await self._run(lambda: self.client.get(self.allocation_key(node)))
+        if kv is None:
+            return NodeAllocation(node, {}, 0)
+        return NodeAllocation(node, dict(json.loads(kv.value).get("pods") or {}), int(kv.mod_revision))
+
+    async def bind(self, pod: Obj, expected_rv: int, allocation: NodeAllocation) -> tuple[Obj, NodeAllocation]:
+        """Write ``pod`` (already carrying its ``spec.nodeName``) and ``allocation``'s new ledger
+        in one transaction, if the pod is still at ``expected_rv`` and the ledger still at
+        ``allocation.revision``. Raises ConflictError when the pod changed or went,
+        AllocationConflict when only the ledger moved. Returns both as stored."""
+        tx = self.client.transactions
+        fence, compares = self._fence_compares()
+        pod_key, alloc_key = self.key_of(pod), self.allocation_key(allocation.node)
+        compares.append(tx.mod(pod_key) == expected_rv)
+        if allocation.revision == 0:
+            compares.append(tx.create(alloc_key) == 0)
+        else:
+            compares.append(tx.mod(alloc_key) == allocation.revision)
+        ledger = json.dumps({"pods": allocation.pods}, sort_keys=True, separators=(",", ":")).encode()
+        puts = [tx.put(pod_key, self._encode(pod)), tx.put(alloc_key, ledger)]
+        ok, responses = await self._run(lambda: self.client.transaction(compare=compares, success=puts, failure=[]))
+        if not ok:
+            await self._check_fence(fence)
+            current = await self.get_or_none(KINDS[pod["kind"]], pod["metadata"].get("namespace"),
+                                             pod["metadata"]["name"])
+            if current is None or int(current["metadata"]["resourceVersion"]) != expected_rv:
+                await self._explain_failed_write([Write(pod, expected_rv)])
+            raise AllocationConflict(f'node "{allocation.node}": its allocations changed meanwhile')
+        revision = int(responses[0].response_put.header.revision)
+        stored = json.loads(self._encode(pod))
+        stored["metadata"]["resourceVersion"] = str(revision)
+        return stored, NodeAllocation(allocation.node, allocation.pods, revision)
 
     # --- watch -------------------------------------------------------------
 

@@ -11,7 +11,12 @@ from typing import Any
 
 from apimachinery.labels import selector_from_label_selector
 from apimachinery.validation import validate
-from scheduler.controllers import TEMPLATE_HASH_LABEL, plan_deployment, pod_from_template, template_hash
+from scheduler.controllers import (
+    TEMPLATE_HASH_LABEL,
+    plan_deployment,
+    pod_from_template,
+    template_hash,
+)
 from scheduler.plugins import controller_uid
 
 Obj = dict[str, Any]
@@ -131,23 +136,39 @@ def test_terminal_pods_are_deleted_and_replaced() -> None:
     assert plan.create == 2
 
 
-def test_pods_of_an_older_template_are_replaced() -> None:
-    dep = make_deployment(2)
+def test_rolling_update_surges_first_and_keeps_every_ready_pod_until_new_ones_are_ready() -> None:
+    dep = make_deployment(2)  # 25%/25% of 2: surge 1, unavailable 0
     old = owned_pod(dep, name="old", stale=True)
     current = owned_pod(dep, name="current")
     plan = plan_deployment(dep, [old, current])
-    assert names(plan.delete) == ["old"]
-    assert plan.create == 1
+    assert plan.create == 1 and plan.delete == []
+    starting = owned_pod(dep, name="starting", ready=False)
+    assert plan_deployment(dep, [old, current, starting]).delete == []
+    ready = owned_pod(dep, name="ready")
+    plan = plan_deployment(dep, [old, current, ready])
+    assert names(plan.delete) == ["old"] and plan.create == 0
 
 
-def test_a_template_change_makes_every_pod_stale() -> None:
+def test_a_template_change_rolls_within_surge_and_unavailable() -> None:
+    dep = make_deployment(4)  # surge 1, unavailable 1
+    pods = [owned_pod(dep), owned_pod(dep), owned_pod(dep), owned_pod(dep)]
+    changed = make_deployment(4, image_arg="2000", generation=2)
+    assert template_hash(changed["spec"]["template"]) != template_hash(dep["spec"]["template"])
+    plan = plan_deployment(changed, pods)
+    assert plan.create == 1  # 4 + maxSurge 1 at most
+    assert len(plan.delete) == 1  # 4 ready - 1 unavailable = 3 must stay ready
+
+
+def test_recreate_removes_the_old_pods_then_creates_once_they_are_gone() -> None:
     dep = make_deployment(2)
     pods = [owned_pod(dep), owned_pod(dep)]
     changed = make_deployment(2, image_arg="2000", generation=2)
-    assert template_hash(changed["spec"]["template"]) != template_hash(dep["spec"]["template"])
+    changed["spec"]["strategy"] = {"type": "Recreate"}
     plan = plan_deployment(changed, pods)
-    assert sorted(names(plan.delete)) == sorted(names(pods))
-    assert plan.create == 2
+    assert sorted(names(plan.delete)) == sorted(names(pods)) and plan.create == 0
+    going = [owned_pod(dep, deleting=True, stale=True)]
+    assert plan_deployment(changed, going).create == 0  # still terminating: wait
+    assert plan_deployment(changed, []).create == 2
 
 
 def test_a_pod_without_the_hash_label_is_replaced() -> None:
@@ -155,7 +176,9 @@ def test_a_pod_without_the_hash_label_is_replaced() -> None:
     pod = owned_pod(dep, name="adopted")
     del pod["metadata"]["labels"][TEMPLATE_HASH_LABEL]
     plan = plan_deployment(dep, [pod])
-    assert names(plan.delete) == ["adopted"] and plan.create == 1
+    assert plan.delete == [] and plan.create == 1  # a replacement first (surge 1, unavailable 0)
+    plan = plan_deployment(dep, [pod, owned_pod(dep, name="replacement")])
+    assert names(plan.delete) == ["adopted"] and plan.create == 0
 
 
 def test_terminating_pods_are_not_active_nor_deleted_again() -> None:
@@ -183,14 +206,14 @@ def test_status_counts() -> None:
     ]
     plan = plan_deployment(dep, pods)
     assert plan.create == 1
-    assert names(plan.delete) == ["old"]
+    assert plan.delete == []  # 3 ready, and 4 - 1 unavailable = 3 must stay ready
     assert plan.status == {
         "observedGeneration": 5,
         "replicas": 4,  # every pod not being deleted, the outdated one included
         "updatedReplicas": 3,
-        "readyReplicas": 2,
-        "availableReplicas": 2,
-        "unavailableReplicas": 2,
+        "readyReplicas": 3,
+        "availableReplicas": 3,
+        "unavailableReplicas": 1,
     }
 
 
@@ -260,3 +283,116 @@ def test_pod_from_template_of_a_long_named_deployment_is_valid() -> None:
 def test_long_names_stay_distinct() -> None:
     dep = make_deployment(1, name="d" * 253)
     assert len({pod_from_template(dep)["metadata"]["name"] for _ in range(10)}) == 10
+
+
+# --- rolling updates: the arithmetic and a whole rollout ----------------------------
+
+
+def test_fenceposts_round_surge_up_and_unavailable_down() -> None:
+    from scheduler.controllers import resolve_fenceposts
+
+    cases = [
+        ({"maxSurge": "25%", "maxUnavailable": "25%"}, 10, (3, 2)),
+        ({"maxSurge": "25%", "maxUnavailable": "25%"}, 1, (1, 0)),
+        ({"maxSurge": "25%", "maxUnavailable": "25%"}, 4, (1, 1)),
+        ({"maxSurge": 0, "maxUnavailable": "10%"}, 5, (0, 1)),  # both 0 after rounding: 1 may be down
+        ({"maxSurge": 2, "maxUnavailable": 0}, 3, (2, 0)),
+        ({"maxSurge": "100%", "maxUnavailable": "100%"}, 3, (3, 3)),
+        (None, 8, (2, 2)),
+    ]
+    for ru, replicas, expected in cases:
+        assert resolve_fenceposts(ru, replicas) == expected, (ru, replicas)
+
+
+def simulate_rollout(dep: Obj, pods: list[Obj], steps: int = 50) -> list[tuple[int, int]]:
+    """Run the plan to convergence, as the controller and the nodes would: new pods start
+    unready and become ready one pass later. ``(ready, total)`` after every pass's deletions."""
+    surge_cap = []
+    for _ in range(steps):
+        plan = plan_deployment(dep, pods)
+        gone = {id(p) for p in plan.delete}
+        pods = [p for p in pods if id(p) not in gone]
+        surge_cap.append((sum(1 for p in pods if p["status"]["conditions"][0]["status"] == "True"), len(pods)))
+        for p in pods:  # pods created last pass are ready now
+            p["status"]["conditions"][0]["status"] = "True"
+        pods += [owned_pod(dep, ready=False) for _ in range(plan.create)]
+        if plan.create == 0 and not plan.delete and all(p["metadata"]["labels"][TEMPLATE_HASH_LABEL]
+                                                        == template_hash(dep["spec"]["template"]) for p in pods):
+            break
+    assert all(TEMPLATE_HASH_LABEL in p["metadata"]["labels"] for p in pods)
+    h = template_hash(dep["spec"]["template"])
+    assert sorted(p["metadata"]["labels"][TEMPLATE_HASH_LABEL] for p in pods) == [h] * dep["spec"]["replicas"]
+    return surge_cap
+
+
+def test_a_whole_rollout_never_drops_below_min_available_nor_exceeds_the_surge() -> None:
+    for replicas, surge, unavailable in [(3, 1, 1), (5, "25%", "25%"), (4, 0, 1), (3, 2, 0), (10, "50%", "20%")]:
+        old_dep = make_deployment(replicas)
+        pods = [owned_pod(old_dep) for _ in range(replicas)]
+        dep = make_deployment(replicas, image_arg="2000", generation=2)
+        dep["spec"]["strategy"] = {"type": "RollingUpdate",
+                                   "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}}
+        from scheduler.controllers import resolve_fenceposts
+
+        s, u = resolve_fenceposts(dep["spec"]["strategy"]["rollingUpdate"], replicas)
+        for ready, total in simulate_rollout(dep, pods):
+            assert ready >= replicas - u, (replicas, surge, unavailable, ready)
+            assert total <= replicas + s
+
+
+# --- revision history ------------------------------------------------------------------
+
+
+def test_revisions_number_templates_and_renumber_one_that_comes_back() -> None:
+    from scheduler.controllers import (
+        REVISION_ANNOTATION,
+        new_revision,
+        plan_revisions,
+        revision_number,
+    )
+
+    v1 = make_deployment(2)
+    first = plan_revisions(v1, [], [])
+    assert first.number == 1 and first.create is not None
+    rev1 = first.create
+    assert rev1["kind"] == "ControllerRevision" and rev1["revision"] == 1
+    assert rev1["data"]["template"] == v1["spec"]["template"]
+    assert rev1["metadata"]["labels"][TEMPLATE_HASH_LABEL] == template_hash(v1["spec"]["template"])
+    assert rev1["metadata"]["annotations"][REVISION_ANNOTATION] == "1"
+    assert controller_uid(rev1) == "dep-uid-1"
+    # Unchanged: nothing to do.
+    again = plan_revisions(v1, [rev1], [])
+    assert again.number == 1 and again.create is None and again.renumber is None and again.delete == []
+    v2 = make_deployment(2, image_arg="2000", generation=2)
+    second = plan_revisions(v2, [rev1], [])
+    assert second.number == 2 and second.create is not None and second.create["revision"] == 2
+    rev2 = second.create
+    # Back to v1 (rollout undo): revision 1 becomes revision 3.
+    back = plan_revisions(v1, [{**rev1, "metadata": {**rev1["metadata"], "resourceVersion": "4"}}, rev2], [])
+    assert back.number == 3 and back.create is None
+    assert back.renumber is not None and revision_number(back.renumber) == 3
+    assert back.renumber["metadata"]["annotations"][REVISION_ANNOTATION] == "3"
+    assert new_revision(v2, 7)["metadata"]["name"] == f"web-{template_hash(v2['spec']['template'])}"
+
+
+def test_revision_history_keeps_the_limit_and_any_revision_still_in_use() -> None:
+    from scheduler.controllers import new_revision, plan_revisions
+
+    deps = [make_deployment(1, image_arg=str(1000 + i)) for i in range(6)]
+    revs = [new_revision(d, i + 1) for i, d in enumerate(deps)]
+    current = deps[-1]
+    current["spec"]["revisionHistoryLimit"] = 2
+    plan = plan_revisions(current, revs, [])
+    assert [r["revision"] for r in plan.delete] == [1, 2, 3]  # 5 old, keep the 2 newest
+    in_use = owned_pod(deps[0])  # a pod of revision 1 still runs
+    plan = plan_revisions(current, revs, [in_use])
+    assert [r["revision"] for r in plan.delete] == [2, 3, 4]  # as Kubernetes: 3 over the limit, in-use skipped
+    current["spec"]["revisionHistoryLimit"] = 0
+    assert [r["revision"] for r in plan_revisions(current, revs, []).delete] == [1, 2, 3, 4, 5]
+
+
+def test_pods_carry_their_revision() -> None:
+    from scheduler.controllers import REVISION_ANNOTATION
+
+    dep = make_deployment(1)
+    assert validate(pod_from_template(dep, 4))["metadata"]["annotations"] == {"team": "blue", REVISION_ANNOTATION: "4"}

@@ -126,7 +126,8 @@ def test_unschedulable_pod_stays_pending_with_the_reason(lab: LabCluster, ns: st
             return None
 
         message = wait_for(reason, timeout=30, what="an Unschedulable condition")
-        assert message == "0/2 nodes are available: 2 Insufficient memory."
+        assert message == ("0/2 nodes are available: 2 Insufficient memory. "
+                           "preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod.")
         assert c.get("Pod", "huge", ns)["status"]["phase"] == "Pending"
     assert lab.orchctl("describe", "pod", "huge", "-n", ns) == 0
     assert "2 Insufficient memory" in capsys.readouterr().out

@@ -317,15 +317,15 @@ def test_type_errors_name_the_expected_type() -> None:
 def test_top_level_shape() -> None:
     assert errors_of([]) == ["an object must be a mapping with apiVersion, kind and metadata, got list"]
     assert errors_of({}) == [
-        "kind: is required; supported kinds: Deployment, Pod",
+        "kind: is required; supported kinds: Deployment, Pod, PriorityClass",
         "apiVersion: is required",
         "metadata: is required",
     ]
     assert errors_of({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {}}) == [
-        'kind: "Service" is not supported; supported kinds: Deployment, Pod'
+        'kind: "Service" is not supported; supported kinds: Deployment, Pod, PriorityClass'
     ]
     assert errors_of({"apiVersion": "v1", "kind": "pod", "metadata": {"name": "s"}}) == [
-        'kind: "pod" is not supported; supported kinds: Deployment, Pod; did you mean "Pod"?'
+        'kind: "pod" is not supported; supported kinds: Deployment, Pod, PriorityClass; did you mean "Pod"?'
     ]
     dep = minimal_deployment()
     dep["apiVersion"] = "extensions/v1beta1"
@@ -333,7 +333,7 @@ def test_top_level_shape() -> None:
     pod = minimal_pod()
     del pod["spec"]
     assert errors_of(pod) == ["spec: is required"]
-    assert set(SUPPORTED_KINDS) == {"Pod", "Deployment"}
+    assert set(SUPPORTED_KINDS) == {"Pod", "Deployment", "PriorityClass"}
 
 
 def test_required_fields() -> None:

@@ -25,33 +25,35 @@ _sym_db = _symbol_database.Default()
 from apimachinery.pb import agent_pb2 as agent__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcluster.proto\x12\x07orch.v1\x1a\x0b\x61gent.proto\"5\n\x0c\x41pplyRequest\x12\x14\n\x0cobjects_json\x18\x01 \x03(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"2\n\x0b\x41pplyResult\x12\x13\n\x0bobject_json\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\"6\n\rApplyResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.orch.v1.ApplyResult\";\n\nGetRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"%\n\x0eObjectResponse\x12\x13\n\x0bobject_json\x18\x01 \x01(\t\"F\n\x0bListRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\"<\n\x0cListResponse\x12\x12\n\nitems_json\x18\x01 \x03(\t\x12\x18\n\x10resource_version\x18\x02 \x01(\x03\"z\n\rDeleteRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12!\n\x14grace_period_seconds\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x17\n\x15_grace_period_seconds\"a\n\x0cWatchRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\x18\n\x10resource_version\x18\x04 \x01(\x03\"/\n\nWatchEvent\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x13\n\x0bobject_json\x18\x02 \x01(\t2\xce\x03\n\x07\x43luster\x12\x36\n\x05\x41pply\x12\x15.orch.v1.ApplyRequest\x1a\x16.orch.v1.ApplyResponse\x12\x33\n\x03Get\x12\x13.orch.v1.GetRequest\x1a\x17.orch.v1.ObjectResponse\x12\x33\n\x04List\x12\x14.orch.v1.ListRequest\x1a\x15.orch.v1.ListResponse\x12\x39\n\x06\x44\x65lete\x12\x16.orch.v1.DeleteRequest\x1a\x17.orch.v1.ObjectResponse\x12\x35\n\x05Watch\x12\x15.orch.v1.WatchRequest\x1a\x13.orch.v1.WatchEvent0\x01\x12\x34\n\x07PodLogs\x12\x14.orch.v1.LogsRequest\x1a\x11.orch.v1.LogChunk0\x01\x12\x36\n\x07PodExec\x12\x12.orch.v1.ExecInput\x1a\x13.orch.v1.ExecOutput(\x01\x30\x01\x12\x41\n\x0bImportImage\x12\x13.orch.v1.ImageChunk\x1a\x19.orch.v1.ImportImageReply(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcluster.proto\x12\x07orch.v1\x1a\x0b\x61gent.proto\"9\n\x10PatchNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fspec_patch_json\x18\x02 \x01(\t\"5\n\x0c\x41pplyRequest\x12\x14\n\x0cobjects_json\x18\x01 \x03(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"2\n\x0b\x41pplyResult\x12\x13\n\x0bobject_json\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\"6\n\rApplyResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.orch.v1.ApplyResult\";\n\nGetRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"%\n\x0eObjectResponse\x12\x13\n\x0bobject_json\x18\x01 \x01(\t\"F\n\x0bListRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\"<\n\x0cListResponse\x12\x12\n\nitems_json\x18\x01 \x03(\t\x12\x18\n\x10resource_version\x18\x02 \x01(\x03\"z\n\rDeleteRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12!\n\x14grace_period_seconds\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x17\n\x15_grace_period_seconds\"a\n\x0cWatchRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\x18\n\x10resource_version\x18\x04 \x01(\x03\"/\n\nWatchEvent\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x13\n\x0bobject_json\x18\x02 \x01(\t2\x8f\x04\n\x07\x43luster\x12\x36\n\x05\x41pply\x12\x15.orch.v1.ApplyRequest\x1a\x16.orch.v1.ApplyResponse\x12\x33\n\x03Get\x12\x13.orch.v1.GetRequest\x1a\x17.orch.v1.ObjectResponse\x12\x33\n\x04List\x12\x14.orch.v1.ListRequest\x1a\x15.orch.v1.ListResponse\x12\x39\n\x06\x44\x65lete\x12\x16.orch.v1.DeleteRequest\x1a\x17.orch.v1.ObjectResponse\x12\x35\n\x05Watch\x12\x15.orch.v1.WatchRequest\x1a\x13.orch.v1.WatchEvent0\x01\x12\x34\n\x07PodLogs\x12\x14.orch.v1.LogsRequest\x1a\x11.orch.v1.LogChunk0\x01\x12\x36\n\x07PodExec\x12\x12.orch.v1.ExecInput\x1a\x13.orch.v1.ExecOutput(\x01\x30\x01\x12\x41\n\x0bImportImage\x12\x13.orch.v1.ImageChunk\x1a\x19.orch.v1.ImportImageReply(\x01\x30\x01\x12?\n\tPatchNode\x12\x19.orch.v1.PatchNodeRequest\x1a\x17.orch.v1.ObjectResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cluster_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPLYREQUEST']._serialized_start=39
-  _globals['_APPLYREQUEST']._serialized_end=92
-  _globals['_APPLYRESULT']._serialized_start=94
-  _globals['_APPLYRESULT']._serialized_end=144
-  _globals['_APPLYRESPONSE']._serialized_start=146
-  _globals['_APPLYRESPONSE']._serialized_end=200
-  _globals['_GETREQUEST']._serialized_start=202
-  _globals['_GETREQUEST']._serialized_end=261
-  _globals['_OBJECTRESPONSE']._serialized_start=263
-  _globals['_OBJECTRESPONSE']._serialized_end=300
-  _globals['_LISTREQUEST']._serialized_start=302
-  _globals['_LISTREQUEST']._serialized_end=372
-  _globals['_LISTRESPONSE']._serialized_start=374
-  _globals['_LISTRESPONSE']._serialized_end=434
-  _globals['_DELETEREQUEST']._serialized_start=436
-  _globals['_DELETEREQUEST']._serialized_end=558
-  _globals['_WATCHREQUEST']._serialized_start=560
-  _globals['_WATCHREQUEST']._serialized_end=657
-  _globals['_WATCHEVENT']._serialized_start=659
-  _globals['_WATCHEVENT']._serialized_end=706
-  _globals['_CLUSTER']._serialized_start=709
-  _globals['_CLUSTER']._serialized_end=1171
+  _globals['_PATCHNODEREQUEST']._serialized_start=39
+  _globals['_PATCHNODEREQUEST']._serialized_end=96
+  _globals['_APPLYREQUEST']._serialized_start=98
+  _globals['_APPLYREQUEST']._serialized_end=151
+  _globals['_APPLYRESULT']._serialized_start=153
+  _globals['_APPLYRESULT']._serialized_end=203
+  _globals['_APPLYRESPONSE']._serialized_start=205
+  _globals['_APPLYRESPONSE']._serialized_end=259
+  _globals['_GETREQUEST']._serialized_start=261
+  _globals['_GETREQUEST']._serialized_end=320
+  _globals['_OBJECTRESPONSE']._serialized_start=322
+  _globals['_OBJECTRESPONSE']._serialized_end=359
+  _globals['_LISTREQUEST']._serialized_start=361
+  _globals['_LISTREQUEST']._serialized_end=431
+  _globals['_LISTRESPONSE']._serialized_start=433
+  _globals['_LISTRESPONSE']._serialized_end=493
+  _globals['_DELETEREQUEST']._serialized_start=495
+  _globals['_DELETEREQUEST']._serialized_end=617
+  _globals['_WATCHREQUEST']._serialized_start=619
+  _globals['_WATCHREQUEST']._serialized_end=716
+  _globals['_WATCHEVENT']._serialized_start=718
+  _globals['_WATCHEVENT']._serialized_end=765
+  _globals['_CLUSTER']._serialized_start=768
+  _globals['_CLUSTER']._serialized_end=1295
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PatchNodeRequest(_message.Message):
+    __slots__ = ("name", "spec_patch_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_PATCH_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    spec_patch_json: str
+    def __init__(self, name: _Optional[str] = ..., spec_patch_json: _Optional[str] = ...) -> None: ...
+
 class ApplyRequest(_message.Message):
     __slots__ = ("objects_json", "dry_run")
     OBJECTS_JSON_FIELD_NUMBER: _ClassVar[int]

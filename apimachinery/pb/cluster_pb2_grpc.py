@@ -75,6 +75,11 @@ class ClusterStub:
                 request_serializer=agent__pb2.ImageChunk.SerializeToString,
                 response_deserializer=agent__pb2.ImportImageReply.FromString,
                 _registered_method=True)
+        self.PatchNode = channel.unary_unary(
+                '/orch.v1.Cluster/PatchNode',
+                request_serializer=cluster__pb2.PatchNodeRequest.SerializeToString,
+                response_deserializer=cluster__pb2.ObjectResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -141,6 +146,15 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PatchNode(self, request, context):
+        """Change a Node's spec (cordon, uncordon, taints) by a JSON merge patch
+        (RFC 7386), applied on the server to the latest copy with compare-and-swap
+        and validated whole; the Node otherwise belongs to its agent's registration.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +197,11 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.ImportImage,
                     request_deserializer=agent__pb2.ImageChunk.FromString,
                     response_serializer=agent__pb2.ImportImageReply.SerializeToString,
+            ),
+            'PatchNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.PatchNode,
+                    request_deserializer=cluster__pb2.PatchNodeRequest.FromString,
+                    response_serializer=cluster__pb2.ObjectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -401,6 +420,33 @@ class Cluster:
             '/orch.v1.Cluster/ImportImage',
             agent__pb2.ImageChunk.SerializeToString,
             agent__pb2.ImportImageReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PatchNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.Cluster/PatchNode',
+            cluster__pb2.PatchNodeRequest.SerializeToString,
+            cluster__pb2.ObjectResponse.FromString,
             options,
             channel_credentials,
             insecure,
