@@ -63,7 +63,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from bench.stats import json_safe, percentile, ratio, summary  # noqa: E402
+from bench.stats import percentile, raise_on_sigterm, ratio, report, summary  # noqa: E402
 
 RUNC = Path("/usr/bin/runc")
 ARGV = ["/bin/true"]
@@ -479,20 +479,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: needs root (namespaces, cgroups, mounts)", file=sys.stderr)
         return 1
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
+    raise_on_sigterm()
     res = run(args)
-    rep = json_safe(build_report(res))
-    if args.json:
-        json.dump(rep, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print_table(rep)
-    if res["interrupted"]:
-        return 130
-    return 1 if res["failures"] else 0
+    return report(build_report(res), args.json, print_table, interrupted=res["interrupted"],
+                  failed=bool(res["failures"]))
 
 
 if __name__ == "__main__":

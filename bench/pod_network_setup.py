@@ -42,11 +42,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -58,7 +56,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from bench.stats import json_safe, ratio, summary
+from bench.stats import raise_on_sigterm, ratio, report, summary
 
 NETNS_DIR = Path("/run/netns")
 ORCH_CIDR = "10.244.3.0/24"
@@ -252,20 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: needs iproute2's `ip` for the reference side", file=sys.stderr)
         return 1
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
+    raise_on_sigterm()
     res = run(args)
-    rep = json_safe(build_report(res))
-    if args.json:
-        json.dump(rep, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print_table(rep)
-    if res["interrupted"]:
-        return 130
-    return 1 if res["failures"] else 0
+    return report(build_report(res), args.json, print_table, interrupted=res["interrupted"],
+                  failed=bool(res["failures"]))
 
 
 if __name__ == "__main__":

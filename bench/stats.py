@@ -1,9 +1,14 @@
-"""Statistics every benchmark here prints: percentiles, a summary row, ratios, JSON."""
+"""Statistics every benchmark here prints: percentiles, a summary row, ratios, JSON;
+and the ending they share (SIGTERM as Ctrl-C, the report, the exit status)."""
 
 from __future__ import annotations
 
+import json
 import math
+import signal
 import statistics
+import sys
+from collections.abc import Callable
 from typing import Any
 
 
@@ -38,3 +43,27 @@ def json_safe(x: Any) -> Any:
     if isinstance(x, list):
         return [json_safe(v) for v in x]
     return x
+
+
+def raise_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so a benchmark's cleanup runs either way."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def report(rep: dict[str, Any], as_json: bool, print_table: Callable[[dict[str, Any]], None], *,
+           interrupted: bool, failed: bool) -> int:
+    """Print the report (JSON, or the benchmark's table); the exit status: 130 when
+    interrupted, 1 after a failure or anything left behind, else 0."""
+    rep = json_safe(rep)
+    if as_json:
+        json.dump(rep, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print_table(rep)
+    if interrupted:
+        return 130
+    return 1 if failed else 0
