@@ -69,11 +69,7 @@ def entered(path: str | os.PathLike[str] | None) -> Iterator[None]:
             try:
                 yield
             finally:
-                try:
-                    sc.setns(own, sc.CLONE_NEWNET)
-                except OSError as e:
-                    os.write(2, f"netns: cannot return to the thread's network namespace: {e}\n".encode())
-                    os._exit(70)
+                sc.return_to_namespace(own, sc.CLONE_NEWNET)
         finally:
             os.close(own)
     finally:
@@ -127,11 +123,7 @@ def create(path: str | os.PathLike[str]) -> Path:
             try:
                 sc.mount("/proc/thread-self/ns/net", target, None, sc.MS_BIND)
             finally:
-                try:
-                    sc.setns(own, sc.CLONE_NEWNET)
-                except OSError as e:
-                    os.write(2, f"netns: cannot return to the thread's network namespace: {e}\n".encode())
-                    os._exit(70)
+                sc.return_to_namespace(own, sc.CLONE_NEWNET)
         except BaseException:
             target.unlink(missing_ok=True)
             raise

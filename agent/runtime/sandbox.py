@@ -259,13 +259,7 @@ def _create_in_place(directory: Path, hostname: str) -> None:
                 _bind_namespace("thread-self", kind, directory / kind)
         finally:
             for kind, fd in own.items():
-                try:
-                    sc.setns(fd, _OWN_NAMESPACES[kind])
-                except OSError as e:
-                    # A thread stuck in a pod's namespaces would hand them to everything it
-                    # makes next: end the process rather than carry on in them.
-                    os.write(2, f"sandbox: cannot return to the {kind} namespace: {e}\n".encode())
-                    os._exit(70)
+                sc.return_to_namespace(fd, _OWN_NAMESPACES[kind])
     finally:
         for fd in own.values():
             os.close(fd)

@@ -56,6 +56,7 @@ __all__ = [
     "open_tree",
     "pivot_root",
     "prctl",
+    "return_to_namespace",
     "sethostname",
     "setns",
     "umount2",
@@ -263,6 +264,19 @@ def setns(fd: int, nstype: int) -> None:
     """
     if _libc.setns(fd, nstype) != 0:
         raise _fail(f"setns({fd}, {nstype:#x})")
+
+
+def return_to_namespace(fd: int, nstype: int) -> None:
+    """``setns`` the calling thread back into the namespace ``fd`` it came from.
+
+    A thread that cannot go back would hand the namespace it is stuck in (a pod's) to
+    everything it makes next, so the process ends instead (exit status 70), loudly.
+    """
+    try:
+        setns(fd, nstype)
+    except OSError as e:
+        os.write(2, f"cannot return to the thread's own namespace ({nstype:#x}): {e}\n".encode())
+        os._exit(70)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
