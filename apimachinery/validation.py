@@ -821,21 +821,34 @@ def _topology_spread_constraint(errors: _Errors, value: Any, path: str) -> Any:
     return out
 
 
-def _topology_spread_constraints(errors: _Errors, value: Any, path: str) -> Any:
-    """Kubernetes: no two constraints may share both topologyKey and whenUnsatisfiable."""
-    out = _list(_topology_spread_constraint)(errors, value, path)
-    if out is _BAD:
-        return _BAD
-    seen: set[tuple[str, str]] = set()
-    for i, c in enumerate(out):
-        if not isinstance(c, dict) or "topologyKey" not in c or "whenUnsatisfiable" not in c:
-            continue
-        pair = (c["topologyKey"], c["whenUnsatisfiable"])
-        if pair in seen:
-            errors.add(_field(_index(path, i), "topologyKey"),
-                       f'duplicate constraint on "{pair[0]}" with whenUnsatisfiable "{pair[1]}"')
-        seen.add(pair)
-    return out
+def _unique_list(item: Check, keys: tuple[str, str], describe: Callable[[tuple[Any, Any]], str],
+                 field: str | None = None) -> Check:
+    """A list of ``item`` in which no two entries share the values of both ``keys``; a
+    repeat is reported at its index (and ``field``) with ``describe(values)``."""
+    whole = _list(item)
+
+    def check(errors: _Errors, value: Any, path: str) -> Any:
+        out = whole(errors, value, path)
+        if out is _BAD:
+            return _BAD
+        seen: set[tuple[Any, Any]] = set()
+        for i, entry in enumerate(out):
+            if not isinstance(entry, dict) or any(k not in entry for k in keys):
+                continue
+            pair = (entry[keys[0]], entry[keys[1]])
+            if pair in seen:
+                at = _index(path, i)
+                errors.add(_field(at, field) if field else at, describe(pair))
+            seen.add(pair)
+        return out
+
+    return check
+
+
+#: Kubernetes: no two constraints may share both topologyKey and whenUnsatisfiable.
+_topology_spread_constraints = _unique_list(
+    _topology_spread_constraint, ("topologyKey", "whenUnsatisfiable"),
+    lambda pair: f'duplicate constraint on "{pair[0]}" with whenUnsatisfiable "{pair[1]}"', field="topologyKey")
 
 
 _POD_SECURITY_FIELDS: dict[str, Check] = {
@@ -1022,20 +1035,9 @@ def _taint(errors: _Errors, value: Any, path: str) -> Any:
     return _BAD if out is None else out
 
 
-def _taints(errors: _Errors, value: Any, path: str) -> Any:
-    """Kubernetes: taints are unique by key and effect."""
-    out = _list(_taint)(errors, value, path)
-    if out is _BAD:
-        return _BAD
-    seen: set[tuple[str, str]] = set()
-    for i, taint in enumerate(out):
-        if not isinstance(taint, dict) or "key" not in taint or "effect" not in taint:
-            continue
-        pair = (taint["key"], taint["effect"])
-        if pair in seen:
-            errors.add(_index(path, i), f'duplicate taint with key "{pair[0]}" and effect "{pair[1]}"')
-        seen.add(pair)
-    return out
+#: Kubernetes: taints are unique by key and effect.
+_taints = _unique_list(_taint, ("key", "effect"),
+                       lambda pair: f'duplicate taint with key "{pair[0]}" and effect "{pair[1]}"')
 
 
 _NODE_SPEC_FIELDS: dict[str, Check] = {
