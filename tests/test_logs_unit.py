@@ -21,8 +21,6 @@ from agent.runtime import logs, monitor
 from agent.runtime.logs import (
     MAX_LINE,
     LogPolicy,
-    format_entry,
-    format_timestamp,
     log_files,
     parse_entry,
     parse_timestamp,
@@ -88,6 +86,17 @@ def texts(lines: Iterator[logs.LogLine]) -> bytes:
 
 
 # --- the format ------------------------------------------------------------------------
+
+
+def format_timestamp(ns: int) -> str:
+    """What orch-monitor writes: RFC3339, nine fractional digits, UTC (fixed width, so text order is time order)."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+
+
+def format_entry(timestamp: str, stream: str, tag: str, content: bytes) -> bytes:
+    """One CRI log line as orch-monitor writes it, for the reader's tests."""
+    return b"%s %s %s %s\n" % (timestamp.encode(), stream.encode(), tag.encode(), content)
 
 
 def test_timestamps_are_fixed_width_rfc3339_nano_and_parse_back() -> None:

@@ -60,8 +60,6 @@ __all__ = [
     "LogLine",
     "LogPolicy",
     "StdioPipes",
-    "format_entry",
-    "format_timestamp",
     "log_files",
     "parse_entry",
     "parse_timestamp",
@@ -91,12 +89,6 @@ FULL, PARTIAL = "F", "P"
 # ---------------------------------------------------------------- format
 
 
-def format_timestamp(ns: int) -> str:
-    """RFC3339 with nine fractional digits in UTC, fixed width so that text order is time order."""
-    secs, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
-
-
 _TS = re.compile(rb"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
 
 
@@ -114,10 +106,6 @@ def parse_timestamp(text: str | bytes) -> int:
         secs -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
     frac = (m.group(7) or b"").ljust(9, b"0")
     return secs * 1_000_000_000 + int(frac or b"0")
-
-
-def format_entry(timestamp: str, stream: str, tag: str, content: bytes) -> bytes:
-    return b"%s %s %s %s\n" % (timestamp.encode(), stream.encode(), tag.encode(), content)
 
 
 class Entry(NamedTuple):
