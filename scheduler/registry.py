@@ -215,6 +215,21 @@ def _pod_priority(spec: dict[str, Any], classes: dict[str, Obj], default: str | 
     return []
 
 
+def keep_transition_times(current: list[Obj], reported: list[Obj]) -> list[Obj]:
+    """``reported`` conditions, each keeping the ``lastTransitionTime`` it has in ``current``
+    while its status is unchanged: the time says when the status last changed, not when
+    a node last reported it (a node stamps every report; Ready's age is what rollouts and
+    ``minReadySeconds`` go by)."""
+    before = {c.get("type"): c for c in current}
+    out = []
+    for c in reported:
+        old = before.get(c.get("type"))
+        if old is not None and old.get("status") == c.get("status") and old.get("lastTransitionTime"):
+            c = {**c, "lastTransitionTime": old["lastTransitionTime"]}
+        out.append(c)
+    return out
+
+
 class Registry:
     def __init__(self, store: Store, *, not_ready_toleration_seconds: int | None = DEFAULT_TOLERATION_SECONDS,
                  unreachable_toleration_seconds: int | None = DEFAULT_TOLERATION_SECONDS) -> None:
@@ -404,7 +419,8 @@ class Registry:
             current = pod.get("status", {})
             new = dict(status)
             scheduled = [c for c in current.get("conditions", []) if c.get("type") == "PodScheduled"]
-            new["conditions"] = scheduled + [c for c in status.get("conditions", []) if c.get("type") != "PodScheduled"]
+            reported = [c for c in status.get("conditions", []) if c.get("type") != "PodScheduled"]
+            new["conditions"] = scheduled + keep_transition_times(current.get("conditions", []), reported)
             if new == current:
                 return None
             pod["status"] = new
