@@ -106,6 +106,18 @@ class WatchEvent:
     revision: int
 
 
+#: gRPC's default cap on a received message is 4 MiB: a list of 10,000 pods (about 10 MB)
+#: would fail, and with it every informer's relist. kube-apiserver's etcd client takes
+#: responses up to 2 GiB for the same reason.
+MAX_RECEIVE_BYTES = 2**31 - 1
+
+
+def etcd_client(host: str, port: int, timeout: int = 10) -> aetcd.Client:
+    """An aetcd client that takes responses of any size etcd sends."""
+    return aetcd.Client(host=host, port=port, timeout=timeout,
+                        options={"grpc.max_receive_message_length": MAX_RECEIVE_BYTES})
+
+
 def _translate(e: Exception) -> OrchError:
     if isinstance(e, aetcd.exceptions.RevisionCompactedError):
         return ExpiredError(f"too old resource version: etcd compacted below {e.compacted_revision}")
@@ -153,7 +165,7 @@ class Store:
     @classmethod
     def connect(cls, endpoint: str, prefix: str = DEFAULT_PREFIX, timeout: int = 10) -> Store:
         host, _, port = endpoint.rpartition(":")
-        return cls(aetcd.Client(host=host or "127.0.0.1", port=int(port), timeout=timeout), prefix)
+        return cls(etcd_client(host or "127.0.0.1", int(port), timeout), prefix)
 
     async def close(self) -> None:
         await self.client.close()

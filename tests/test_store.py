@@ -14,14 +14,13 @@ import json
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-import aetcd
 import pytest
 
 from apimachinery.errors import AlreadyExistsError, ConflictError, ExpiredError, NotFoundError
 from apimachinery.meta import NODE, POD, Obj
 from apimachinery.validation import validate
 from scheduler.informer import Informer, obj_key
-from scheduler.store import Store, WatchEvent, Write
+from scheduler.store import MAX_OBJECTS_PER_TXN, Store, WatchEvent, Write, etcd_client
 from tests.etcd_fixture import EtcdServer, running_etcd
 
 T = TypeVar("T")
@@ -38,7 +37,7 @@ def run(server: EtcdServer, body: Callable[[Store], Awaitable[T]]) -> T:
     """Run ``body(store)`` on a fresh client and prefix; delete the prefix and close the client after."""
 
     async def main() -> T:
-        store = Store(aetcd.Client(host=server.host, port=server.port, timeout=10), prefix=server.prefix())
+        store = Store(etcd_client(server.host, server.port), prefix=server.prefix())
         try:
             return await asyncio.wait_for(body(store), DEADLINE)
         finally:
@@ -508,3 +507,16 @@ def test_an_informer_resumed_without_compaction_replays_the_missed_events(etcd: 
                 await task
 
     run(etcd, body)
+
+
+def test_a_list_larger_than_grpcs_default_message_limit(etcd: EtcdServer) -> None:
+    # 600 pods of about 8 KiB: one range response of about 5 MB, over gRPC's 4 MiB default.
+    async def body(store: Store) -> tuple[int, int]:
+        pods = [pod(f"big-{i}", note="x" * 8000) for i in range(600)]
+        for start in range(0, len(pods), MAX_OBJECTS_PER_TXN):
+            await store.write([Write(p, 0) for p in pods[start:start + MAX_OBJECTS_PER_TXN]])
+        items, _ = await store.list(POD)
+        return len(items), sum(len(json.dumps(i)) for i in items)
+
+    count, size = run(etcd, body)
+    assert count == 600 and size > 4 * 1024 * 1024
