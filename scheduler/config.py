@@ -236,7 +236,7 @@ def _implemented_points(plugin: Any) -> set[str]:
 
 
 def _profile(errors: _Errors, value: Any, path: str) -> Framework | None:
-    fields = _mapping(errors, value, path, ("schedulerName", "plugins", "pluginConfig"))
+    fields = _mapping(errors, value, path, ("schedulerName", "percentageOfNodesToScore", "plugins", "pluginConfig"))
     name = fields.get("schedulerName", DEFAULT_SCHEDULER_NAME)
     if not isinstance(name, str) or not name:
         errors.add(f"{path}.schedulerName", f"must be a non-empty string, got {describe_value(name)}")
@@ -284,22 +284,35 @@ def parse_config(doc: Any, *, source: str = "") -> dict[str, Framework]:
     """The profiles of a parsed config document, by schedulerName; raises ConfigError
     listing every problem. An absent or empty ``profiles`` is the default profile alone."""
     errors = _Errors()
-    fields = _mapping(errors, {} if doc is None else doc, "", ("apiVersion", "kind", "profiles"))
+    fields = _mapping(errors, {} if doc is None else doc, "",
+                      ("apiVersion", "kind", "percentageOfNodesToScore", "profiles"))
     for name, expected in (("apiVersion", API_VERSION), ("kind", KIND)):
         if fields.get(name, expected) != expected:
             errors.add(name, f'must be "{expected}", got {describe_value(fields[name])}')
+    default_percentage = _percentage(errors, fields.get("percentageOfNodesToScore", 0), "percentageOfNodesToScore")
     profiles: dict[str, Framework] = {}
     raw_profiles = _list(errors, fields.get("profiles"), "profiles") or [{}]
     for i, raw in enumerate(raw_profiles):
         fw = _profile(errors, raw, f"profiles[{i}]")
         if fw is None:
             continue
+        own = raw.get("percentageOfNodesToScore") if isinstance(raw, Mapping) else None
+        fw.percentage_of_nodes_to_score = (default_percentage if own is None else
+                                           _percentage(errors, own, f"profiles[{i}].percentageOfNodesToScore"))
         if fw.scheduler_name in profiles:
             errors.add(f"profiles[{i}].schedulerName", f'duplicate profile "{fw.scheduler_name}"')
         profiles[fw.scheduler_name] = fw
     if errors.items:
         raise ConfigError(errors.items, context=source)
     return profiles
+
+
+def _percentage(errors: _Errors, value: Any, path: str) -> int:
+    """``percentageOfNodesToScore``: 0 (adaptive) to 100."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        errors.add(path, f"must be an integer from 0 (adaptive) to 100, got {describe_value(value)}")
+        return 0
+    return value
 
 
 def load_config(path: str | Path) -> dict[str, Framework]:

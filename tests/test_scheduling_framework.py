@@ -932,3 +932,46 @@ def test_the_docs_example_plugin_works_as_written(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ConfigError) as info:
         parse_config({"profiles": [{"pluginConfig": [{"name": "PreferLabel", "args": {"value": "ssd"}}]}]})
     assert str(info.value) == "profiles[0].pluginConfig[0].args.key: is required: the node label to prefer"
+
+
+# --- percentageOfNodesToScore --------------------------------------------------------------
+
+
+def test_num_feasible_nodes_to_find_follows_kube_scheduler() -> None:
+    from scheduler.framework import num_feasible_nodes_to_find
+
+    assert num_feasible_nodes_to_find(50) == 50  # a small cluster: every node
+    assert num_feasible_nodes_to_find(100) == 100
+    assert num_feasible_nodes_to_find(300) == 144  # 50 - 300/125 = 48 %
+    assert num_feasible_nodes_to_find(1000) == 420  # 50 - 1000/125 = 42 %
+    assert num_feasible_nodes_to_find(5000) == 500  # 10 %
+    assert num_feasible_nodes_to_find(100_000) == 5000  # at least 5 %
+    assert num_feasible_nodes_to_find(300, percentage=10) == 100  # never fewer than 100
+    assert num_feasible_nodes_to_find(5000, percentage=100) == 5000
+
+
+def test_a_large_cluster_is_searched_in_turns_and_a_misfit_still_counts_every_node() -> None:
+    from scheduler.config import parse_config
+
+    (fw,) = parse_config({"percentageOfNodesToScore": 0}).values()
+    infos = [NodeInfo(make_node(f"n{i:03}", cpu="4", memory="8Gi")) for i in range(300)]
+    seen: set[str] = set()
+    for _ in range(3):
+        decision = fw.schedule(make_pod("p", cpu="100m"), infos)
+        assert decision.node is not None and len(decision.scores) == 144  # 48 % of 300 were filtered and scored
+        seen |= set(decision.scores)
+    assert len(seen) == 300, "each cycle starts where the last one stopped"
+    too_big = fw.schedule(make_pod("big", cpu="64"), infos)
+    assert too_big.node is None and too_big.message.startswith("0/300 nodes are available: 300 Insufficient cpu.")
+
+
+def test_percentage_of_nodes_to_score_is_checked_in_the_config() -> None:
+    from scheduler.config import ConfigError, parse_config
+
+    (fw,) = parse_config({"percentageOfNodesToScore": 30, "profiles": [{}]}).values()
+    assert fw.percentage_of_nodes_to_score == 30
+    (fw,) = parse_config({"percentageOfNodesToScore": 30,
+                          "profiles": [{"percentageOfNodesToScore": 100}]}).values()
+    assert fw.percentage_of_nodes_to_score == 100
+    with pytest.raises(ConfigError, match=r"profiles\[0\]\.percentageOfNodesToScore: must be an integer from 0"):
+        parse_config({"profiles": [{"percentageOfNodesToScore": 150}]})
