@@ -59,7 +59,6 @@ import math
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -74,17 +73,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from bench.stats import percentile, raise_on_sigterm, ratio, report, summary  # noqa: E402
+from bench.stats import (  # noqa: E402
+    BenchFailure, percentile, raise_on_sigterm, ratio, record_failure, report, summary, uninterruptible,
+)
 
 NAMESPACE = "bench"
 COMMAND = ["/bin/sleep", "3600"]
 MEMORY_LIMIT = "32Mi"
 MEMORY_LIMIT_BYTES = 32 * 1024 * 1024
 PODS_PIDS_LIMIT = 4096  # what the agent gives every container (orch-agent --pod-pids-limit default)
-
-
-class BenchFailure(Exception):
-    """Something the benchmark needed did not happen; the message says what."""
 
 
 # --------------------------------------------------------------------------- clocks
@@ -552,21 +549,10 @@ def run(args: argparse.Namespace) -> Result:
             progress(f"orchctl: {args.cli_pods} pods through `python -m cli.main apply -f -`")
             run_cli(args, orch, res, tmp)
         res.timings["watch_events"] = watch.events
-    except BenchFailure as e:
-        res.failures.append(str(e))
-    except KeyboardInterrupt:
-        interrupted = True
-        res.failures.append("interrupted (Ctrl-C / SIGTERM)")
-    except Exception as e:  # noqa: BLE001 - any error fails the run with its reason, after cleanup
-        import traceback
-
-        res.failures.append(f"{type(e).__name__}: {e}")
-        traceback.print_exc(file=sys.stderr)
+    except BaseException as e:  # noqa: BLE001 - recorded; cleanup and the report still happen
+        interrupted = record_failure(e, res.failures)
     finally:
-        # Cleanup must not be cut short by a second Ctrl-C.
-        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
+        with uninterruptible():
             progress("cleaning up (lab down, reference containers, temp dir)")
             t = time.monotonic()
             for closer in (watch.close if watch else None, orch.close if orch else None):
@@ -595,9 +581,6 @@ def run(args: argparse.Namespace) -> Result:
             for what, items in res.leftovers.items():
                 if items:
                     res.failures.append(f"left behind: {what}: {items}")
-        finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
     res.timings["total_s"] = time.monotonic() - t_start
     res.args["node_memory"] = node_memory
     if interrupted:
@@ -763,7 +746,6 @@ def print_table(rep: dict[str, Any]) -> None:
         p("")
         for f in rep["failures"]:
             p(f"  FAILED: {f}")
-
 
 
 # --------------------------------------------------------------------------- main

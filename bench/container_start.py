@@ -13,8 +13,9 @@ its container's namespaces. The clock starts right before ``start`` is called; t
   agent waits for;
 * ``pid1-exit``: the container's PID 1 (``/bin/true``) observed exiting, through a pidfd on the pid
   the runtime reported (if ``start`` returned EXITED, the return instant: an upper bound);
-* ``exit-recorded`` (**headline**): the container's ``exit.json`` (written by its monitor) exists, i.e. ``Runtime.state`` would
-  answer EXITED — the container ran and its exit is known to the caller. Polled every 0.2 ms.
+* ``exit-recorded`` (**headline**): the container's ``exit.json`` (written by its monitor) exists,
+  i.e. ``Runtime.state`` would answer EXITED — the container ran and its exit is known to the
+  caller. Polled every 0.2 ms.
 
 **runc** (the reference): ``runc --root <tmp> run --bundle <bundle> <id>`` of an OCI bundle
 whose rootfs is a copy of the same unpacked busybox layer (read-only root, ``args
@@ -52,7 +53,6 @@ import os
 import secrets
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -63,7 +63,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from bench.stats import percentile, raise_on_sigterm, ratio, report, summary  # noqa: E402
+from bench.stats import (  # noqa: E402
+    BenchFailure, percentile, raise_on_sigterm, ratio, record_failure, report, summary, uninterruptible,
+)
 
 RUNC = Path("/usr/bin/runc")
 ARGV = ["/bin/true"]
@@ -71,18 +73,11 @@ IMAGE = "busybox:bench"
 EXIT_POLL = 0.0002
 
 
-class BenchFailure(Exception):
-    pass
-
-
 def progress(msg: str) -> None:
     print(f"[container_start] {msg}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- statistics
-
-
-
 
 
 # --------------------------------------------------------------------------- runc
@@ -348,20 +343,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 res["samples"].append(s)
             if (i + 1) % 10 == 0:
                 progress(f"{i + 1}/{total}")
-    except BenchFailure as e:
-        res["failures"].append(str(e))
-    except KeyboardInterrupt:
-        interrupted = True
-        res["failures"].append("interrupted (Ctrl-C / SIGTERM)")
-    except Exception as e:  # noqa: BLE001 - fails the run with its reason, after cleanup
-        import traceback
-
-        res["failures"].append(f"{type(e).__name__}: {e}")
-        traceback.print_exc(file=sys.stderr)
+    except BaseException as e:  # noqa: BLE001 - recorded; cleanup and the report still happen
+        interrupted = record_failure(e, res["failures"])
     finally:
-        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
+        with uninterruptible():
             progress("cleaning up")
             if runc is not None:
                 try:
@@ -387,9 +372,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     res["failures"].append(f"left behind: {what}: {items}")
             res["other_orch_bench_cgroups"] = [str(p) for p in cgroup_dirs_named("orch-bench")
                                                if token not in p.name]
-        finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
     res["interrupted"] = interrupted
     res["total_s"] = time.monotonic() - t_start
     return res
@@ -421,7 +403,6 @@ def build_report(res: dict[str, Any]) -> dict[str, Any]:
             "cgroups": res.get("cgroups"), "notes": res["notes"], "failures": res["failures"],
             "leftovers": res.get("leftovers"), "other_orch_bench_cgroups": res.get("other_orch_bench_cgroups"),
             "total_s": res["total_s"], "args": res["args"], "samples": res["samples"]}
-
 
 
 def print_table(rep: dict[str, Any]) -> None:

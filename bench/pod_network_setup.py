@@ -56,15 +56,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from bench.stats import raise_on_sigterm, ratio, report, summary
+from bench.stats import BenchFailure, raise_on_sigterm, ratio, report, summary
 
 NETNS_DIR = Path("/run/netns")
 ORCH_CIDR = "10.244.3.0/24"
 IP_BRIDGE = "ipbr0"
-
-
-class BenchFailure(Exception):
-    pass
 
 
 def progress(msg: str) -> None:

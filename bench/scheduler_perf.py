@@ -96,7 +96,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from bench.stats import percentile, raise_on_sigterm, ratio, report, summary  # noqa: E402
+from bench.stats import (  # noqa: E402
+    BenchFailure, percentile, raise_on_sigterm, ratio, record_failure, report, summary, uninterruptible,
+)
 
 PREFIX = "/orch"
 NODE_CPU, NODE_MEMORY, NODE_PODS = "4", "32Gi", "110"
@@ -104,10 +106,6 @@ POD_CPU, POD_MEMORY = "100m", "500Mi"
 INIT_NS, MEASURE_NS = "sched-init", "sched-measure"
 GIB = 1024 ** 3
 BOUND_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO [\w.]+: bound pod ([^/\s]+)/(\S+) to node (\S+)")
-
-
-class BenchFailure(Exception):
-    pass
 
 
 def progress(msg: str) -> None:
@@ -549,20 +547,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     interrupted = False
     try:
         asyncio.run(measure(args, res, tmp, token, procs))
-    except BenchFailure as e:
-        res["failures"].append(str(e))
-    except KeyboardInterrupt:
-        interrupted = True
-        res["failures"].append("interrupted (Ctrl-C / SIGTERM)")
-    except Exception as e:  # noqa: BLE001 - fails the run with its reason, after cleanup
-        import traceback
-
-        res["failures"].append(f"{type(e).__name__}: {e}")
-        traceback.print_exc(file=sys.stderr)
+    except BaseException as e:  # noqa: BLE001 - recorded; cleanup and the report still happen
+        interrupted = record_failure(e, res["failures"])
     finally:
-        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
+        with uninterruptible():
             progress("cleaning up")
             sched_log = tmp / "scheduler.log"
             if sched_log.exists():
@@ -581,9 +569,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for what, items in res["leftovers"].items():
                 if items:
                     res["failures"].append(f"left behind: {what}: {items}")
-        finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
     res["interrupted"] = interrupted
     res["total_s"] = time.monotonic() - t_start
     return res

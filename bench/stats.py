@@ -1,15 +1,22 @@
 """Statistics every benchmark here prints: percentiles, a summary row, ratios, JSON;
-and the ending they share (SIGTERM as Ctrl-C, the report, the exit status)."""
+and what they share around a run: its failures recorded, a cleanup no signal cuts
+short, SIGTERM as Ctrl-C, the report and the exit status."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
 import statistics
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from typing import Any
+
+
+class BenchFailure(Exception):
+    """The run cannot go on; the message says why, and the run is reported as failed."""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -67,3 +74,33 @@ def report(rep: dict[str, Any], as_json: bool, print_table: Callable[[dict[str, 
     if interrupted:
         return 130
     return 1 if failed else 0
+
+
+def record_failure(e: BaseException, failures: list[str]) -> bool:
+    """In a benchmark's ``except BaseException``: note why the run stopped in ``failures``
+    (with the traceback on stderr when it was not a ``BenchFailure``), so that cleanup and
+    the report still happen. Returns whether it was interrupted (Ctrl-C or SIGTERM);
+    anything else that is not an Exception (SystemExit) goes on up."""
+    if isinstance(e, KeyboardInterrupt):
+        failures.append("interrupted (Ctrl-C / SIGTERM)")
+        return True
+    if not isinstance(e, Exception):
+        raise e
+    if isinstance(e, BenchFailure):
+        failures.append(str(e))
+    else:
+        failures.append(f"{type(e).__name__}: {e}")
+        traceback.print_exception(e, file=sys.stderr)
+    return False
+
+
+@contextlib.contextmanager
+def uninterruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored while the body runs: a cleanup is not cut short by a second Ctrl-C."""
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
