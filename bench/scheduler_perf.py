@@ -163,32 +163,6 @@ def cpu_seconds(pid: int) -> float:
         return math.nan
 
 
-def start_etcd(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
-    from tests.etcd_fixture import _free_port, _kill, _wait_ready, etcd_binary
-
-    for attempt in range(3):
-        client_port, peer_port = _free_port(), _free_port()
-        log = tmp / f"etcd-{attempt}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [etcd_binary(), "--name", "bench", "--data-dir", str(tmp / f"etcd-data-{attempt}"),
-                 "--listen-client-urls", f"http://127.0.0.1:{client_port}",
-                 "--advertise-client-urls", f"http://127.0.0.1:{client_port}",
-                 "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-                 "--initial-cluster", f"bench=http://127.0.0.1:{peer_port}",
-                 "--log-level", "warn"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            _wait_ready(proc, client_port, log)
-            return proc, client_port
-        except RuntimeError:
-            _kill(proc)
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
 def start_scheduler(tmp: Path, endpoint: str, leader_elect: bool) -> tuple[subprocess.Popen[bytes], int, Path]:
     from tests.etcd_fixture import _free_port
 
@@ -425,7 +399,9 @@ async def measure(args: argparse.Namespace, res: dict[str, Any], tmp: Path, toke
     from scheduler.registry import Registry
     from scheduler.store import Store, Write
 
-    etcd, port = start_etcd(tmp)
+    from tests.etcd_fixture import start_etcd
+
+    etcd, port = start_etcd(tmp, "bench")
     procs["etcd"] = etcd
     res["etcd"] = {"pid": etcd.pid, "endpoint": f"127.0.0.1:{port}"}
     endpoint = f"127.0.0.1:{port}"

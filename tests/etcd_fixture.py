@@ -75,35 +75,39 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: fl
     raise RuntimeError(f"etcd did not listen on port {port} within {timeout:.0f}s:\n{log.read_text()[-4000:]}")
 
 
+def start_etcd(workdir: Path, name: str = "test") -> tuple[subprocess.Popen[bytes], int]:
+    """An etcd process on free loopback ports with its data and log in ``workdir``, ready;
+    and its client port. Ports can be taken between choosing and binding: a few tries."""
+    for attempt in range(3):
+        client_port, peer_port = _free_port(), _free_port()
+        log = workdir / f"etcd-{attempt}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [etcd_binary(), "--name", name, "--data-dir", str(workdir / f"data-{attempt}"),
+                 "--listen-client-urls", f"http://127.0.0.1:{client_port}",
+                 "--advertise-client-urls", f"http://127.0.0.1:{client_port}",
+                 "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+                 "--initial-cluster", f"{name}=http://127.0.0.1:{peer_port}",
+                 "--log-level", "warn"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            _wait_ready(proc, client_port, log)
+            return proc, client_port
+        except RuntimeError:
+            _kill(proc)
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable: the last attempt raises")
+
+
 @contextlib.contextmanager
 def running_etcd() -> Iterator[EtcdServer]:
     """Start etcd, yield it, then kill it (by its PID) and remove its data dir, whatever happens."""
     workdir = Path(tempfile.mkdtemp(prefix="orch-test-etcd-"))
     proc: subprocess.Popen[bytes] | None = None
     try:
-        # Ports can be taken between choosing and binding; try a few times.
-        for attempt in range(3):
-            client_port, peer_port = _free_port(), _free_port()
-            log = workdir / f"etcd-{attempt}.log"
-            with open(log, "wb") as out:
-                proc = subprocess.Popen(
-                    [etcd_binary(), "--name", "test", "--data-dir", str(workdir / f"data-{attempt}"),
-                     "--listen-client-urls", f"http://127.0.0.1:{client_port}",
-                     "--advertise-client-urls", f"http://127.0.0.1:{client_port}",
-                     "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-                     "--initial-cluster", f"test=http://127.0.0.1:{peer_port}",
-                     "--log-level", "warn"],
-                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            try:
-                _wait_ready(proc, client_port, log)
-                break
-            except RuntimeError:
-                _kill(proc)
-                proc = None
-                if attempt == 2:
-                    raise
-        assert proc is not None
+        proc, client_port = start_etcd(workdir)
         yield EtcdServer("127.0.0.1", client_port, proc.pid, workdir)
     finally:
         if proc is not None:
