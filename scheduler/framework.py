@@ -361,14 +361,10 @@ class Framework:
     def schedule(self, pod: Obj, nodes: Sequence[NodeInfo]) -> Decision:
         """Choose a node for ``pod``, or say in kube-scheduler's words why none fits."""
         state = CycleState(nodes, self)
-        skipped: set[str] = set()
-        for pf in self.pre_filters:
-            st = pf.pre_filter(state, pod, nodes)
-            if st.code is Code.SKIP:
-                skipped.add(pf.name)
-            elif not st.ok:
-                return self._no_fit(state, pod, nodes, {n.name: st for n in nodes},
-                                    f"0/{len(nodes)} nodes are available: {', '.join(st.reasons)}.")
+        skipped, st = self._pre_filter(state, pod, nodes)
+        if not st.ok:
+            return self._no_fit(state, pod, nodes, {n.name: st for n in nodes},
+                                f"0/{len(nodes)} nodes are available: {', '.join(st.reasons)}.")
         feasible, statuses = self._filter(state, pod, nodes, skipped)
         if not feasible:
             return self._no_fit(state, pod, nodes, statuses, unschedulable_message(len(nodes), statuses))
@@ -388,13 +384,9 @@ class Framework:
         """Would ``pod`` pass every PreFilter and Filter on ``node``, the cluster being ``nodes``
         (which holds ``node``)? What preemption asks of a node with some pods taken away."""
         state = CycleState(nodes, self)
-        skipped: set[str] = set()
-        for pf in self.pre_filters:
-            st = pf.pre_filter(state, pod, nodes)
-            if st.code is Code.SKIP:
-                skipped.add(pf.name)
-            elif not st.ok:
-                return st
+        skipped, st = self._pre_filter(state, pod, nodes)
+        if not st.ok:
+            return st
         for f in self.filters:
             if f.name in skipped:
                 continue
@@ -402,6 +394,17 @@ class Framework:
             if not st.ok:
                 return st
         return SUCCESS
+
+    def _pre_filter(self, state: CycleState, pod: Obj, nodes: Sequence[NodeInfo]) -> tuple[set[str], Status]:
+        """Every PreFilter: the names of those that skip this pod, and the first refusal (or SUCCESS)."""
+        skipped: set[str] = set()
+        for pf in self.pre_filters:
+            st = pf.pre_filter(state, pod, nodes)
+            if st.code is Code.SKIP:
+                skipped.add(pf.name)
+            elif not st.ok:
+                return skipped, st
+        return skipped, SUCCESS
 
     def _filter(self, state: CycleState, pod: Obj, nodes: Sequence[NodeInfo],
                 skipped: set[str]) -> tuple[list[NodeInfo], dict[str, Status]]:
