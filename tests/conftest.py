@@ -3,9 +3,11 @@ cluster tests of one session, and a fresh Kubernetes namespace for each test."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,24 +49,29 @@ class LabCluster:
         return main(["--server", self.server, *args])
 
 
-@pytest.fixture(scope="session")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCluster]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: the lab creates namespaces and cgroups")
+@contextlib.contextmanager
+def running_lab(d: Path, nodes: int, logs_name: str, **options: Any) -> Iterator[LabCluster]:
+    """``orchctl lab up`` in ``d`` (``options`` as ``cli.lab.up`` takes them), then ``lab down``
+    whatever happens; with ORCH_TEST_LOGS set, the lab's logs are kept there as ``logs_name``."""
     from cli import lab as labmod
 
-    d = tmp_path_factory.mktemp("orch-lab")
-    # Small, equal nodes so that resource tests are predictable on any machine.
-    info = labmod.up(d, 2, node_cpu="2", node_memory="4Gi")
+    info = labmod.up(d, nodes, **options)
     try:
         yield LabCluster(d, info)
     finally:
         keep = os.environ.get("ORCH_TEST_LOGS")
         if keep:  # the lab's logs outlive it, for a post-mortem
-            import shutil
-
-            shutil.copytree(d / "logs", Path(keep) / "lab-logs", dirs_exist_ok=True)
+            shutil.copytree(d / "logs", Path(keep) / logs_name, dirs_exist_ok=True)
         labmod.down(d)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCluster]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the lab creates namespaces and cgroups")
+    # Small, equal nodes so that resource tests are predictable on any machine.
+    with running_lab(tmp_path_factory.mktemp("orch-lab"), 2, "lab-logs", node_cpu="2", node_memory="4Gi") as lab:
+        yield lab
 
 
 @pytest.fixture

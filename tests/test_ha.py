@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import LabCluster
+from tests.conftest import LabCluster, running_lab
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the lab creates namespaces and cgroups")
@@ -30,18 +29,9 @@ NODE = "lab-node-1"
 
 @pytest.fixture(scope="module")
 def ha_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCluster]:
-    from cli import lab as labmod
-
-    d = tmp_path_factory.mktemp("orch-ha-lab")
-    info = labmod.up(d, 1, node_cpu="2", node_memory="2Gi", schedulers=2,
-                     scheduler_args=["--leader-elect-lease-duration", str(LEASE_TTL)])
-    try:
-        yield LabCluster(d, info)
-    finally:
-        keep = os.environ.get("ORCH_TEST_LOGS")
-        if keep:
-            shutil.copytree(d / "logs", Path(keep) / "ha-lab-logs", dirs_exist_ok=True)
-        labmod.down(d)
+    with running_lab(tmp_path_factory.mktemp("orch-ha-lab"), 1, "ha-lab-logs", node_cpu="2", node_memory="2Gi",
+                     schedulers=2, scheduler_args=["--leader-elect-lease-duration", str(LEASE_TTL)]) as lab:
+        yield lab
 
 
 def schedulers(lab: LabCluster) -> list[dict[str, Any]]:

@@ -14,16 +14,14 @@ the containers that the SIGKILLed agent left running.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import LabCluster
+from tests.conftest import LabCluster, running_lab
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the lab creates namespaces and cgroups")
@@ -35,20 +33,11 @@ NODES = ("lab-node-1", "lab-node-2")
 
 @pytest.fixture(scope="module")
 def nl_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCluster]:
-    from cli import lab as labmod
-
-    d = tmp_path_factory.mktemp("orch-nl-lab")
-    info = labmod.up(d, 2, node_cpu="2", node_memory="2Gi", scheduler_args=[
-        "--node-monitor-grace-period", str(GRACE), "--heartbeat-interval", "1",
-        "--default-unreachable-toleration-seconds", str(TOLERATION),
-        "--default-not-ready-toleration-seconds", str(TOLERATION)])
-    try:
-        yield LabCluster(d, info)
-    finally:
-        keep = os.environ.get("ORCH_TEST_LOGS")
-        if keep:
-            shutil.copytree(d / "logs", Path(keep) / "nl-lab-logs", dirs_exist_ok=True)
-        labmod.down(d)
+    with running_lab(tmp_path_factory.mktemp("orch-nl-lab"), 2, "nl-lab-logs", node_cpu="2", node_memory="2Gi",
+                     scheduler_args=["--node-monitor-grace-period", str(GRACE), "--heartbeat-interval", "1",
+                                     "--default-unreachable-toleration-seconds", str(TOLERATION),
+                                     "--default-not-ready-toleration-seconds", str(TOLERATION)]) as lab:
+        yield lab
 
 
 def deployment(name: str, ns: str, replicas: int) -> dict[str, Any]:
