@@ -63,7 +63,7 @@ from apimachinery.errors import ConflictError, NotFoundError, OrchError
 from apimachinery.meta import POD, Obj, now_rfc3339, ref
 from apimachinery.validation import DEFAULT_SCHEDULER_NAME
 from scheduler.events import NORMAL, WARNING, EventRecorder
-from scheduler.framework import Decision, Framework, NodeInfo, pod_resource_requests
+from scheduler.framework import Decision, Framework, NodeInfo, Status, pod_resource_requests
 from scheduler.informer import Informer, obj_key
 from scheduler.queue import MAX_UNSCHEDULABLE_SECONDS, SchedulingQueue
 from scheduler.registry import Registry
@@ -176,6 +176,11 @@ def ledger_shortfall(ledger: Mapping[str, Mapping[str, Any]], entry: Mapping[str
     return reasons
 
 
+#: Bindings in flight at once: enough to hide etcd's latency, few enough that a burst of
+#: conflicts on one node's ledger stays small.
+MAX_BINDS_IN_FLIGHT = 16
+
+
 class NodeFullError(ConflictError):
     """The node's ledger has no room for the pod: another scheduler filled it first."""
 
@@ -197,6 +202,10 @@ class SchedulingLoop:
         self.recorders = {name: EventRecorder(store, name) for name in profiles}
         # uid -> the bound pod as written, until the informer catches up.
         self._assumed: dict[str, Obj] = {}
+        # uid -> the pod as decided (on its node) while its binding is in flight.
+        self._binding: dict[str, Obj] = {}
+        self._bind_slots = asyncio.Semaphore(MAX_BINDS_IN_FLIGHT)
+        self._bind_tasks: set[asyncio.Task[None]] = set()
         # node -> its ledger as this scheduler last wrote it (re-read on conflict).
         self._allocations: dict[str, NodeAllocation] = {}
         self._infos: dict[str, NodeInfo] = {}
@@ -297,14 +306,19 @@ class SchedulingLoop:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(timeout, 0.01))
         finally:
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            for task in (writer, *self._bind_tasks):
+                task.cancel()
+            await asyncio.gather(writer, *self._bind_tasks, return_exceptions=True)
 
     def _current_pods(self) -> list[Obj]:
         """The informer's pods, with assumed bindings laid over copies it has not caught up with."""
         pods = []
         for pod in self.pods.items():
             uid = pod["metadata"]["uid"]
+            binding = self._binding.get(uid)
+            if binding is not None and not pod["spec"].get("nodeName"):
+                pods.append(binding)  # counted on its node while the binding is in flight
+                continue
             assumed = self._assumed.get(uid)
             if assumed is not None:
                 if int(pod["metadata"]["resourceVersion"]) >= int(assumed["metadata"]["resourceVersion"]):
@@ -372,30 +386,45 @@ class SchedulingLoop:
             await self._mark_unschedulable(framework, pod, decision.message, decision.nominated_node)
             self.queue.failed(pod, unschedulable=True)
             return
-        bound = await self._reserve_and_bind(framework, pod, decision)
-        if bound is None:
-            self.queue.failed(pod, unschedulable=False)
-            return
-        infos[decision.node].add_pod(bound)
-        self.queue.done(pod)
-        md = pod["metadata"]
-        self._emit(framework, bound, NORMAL, "Scheduled",
-                   f"Successfully assigned {md['namespace']}/{md['name']} to {decision.node}")
-
-    async def _reserve_and_bind(self, framework: Framework, pod: Obj, decision: Decision) -> Obj | None:
-        """The decided pod bound, or None when a Reserve or Bind plugin refused (undone)."""
-        assert decision.node is not None
         status = framework.reserve(decision.state, pod, decision.node)
         if not status.ok:
             await self._mark_unschedulable(framework, pod, "; ".join(status.reasons))
-            return None
-        status = await framework.bind(decision.state, pod, decision.node, self)
+            self.queue.failed(pod, unschedulable=False)
+            return
+        # As kube-scheduler's binding cycle: the pod counts on its node from now on, and the
+        # next pod is decided while this one's binding transaction is in flight.
+        assumed = {**pod, "spec": {**pod["spec"], "nodeName": decision.node}}
+        self._binding[pod["metadata"]["uid"]] = assumed
+        infos[decision.node].add_pod(assumed)
+        await self._bind_slots.acquire()
+        task = asyncio.get_running_loop().create_task(self._bind(framework, pod, decision),
+                                                      name=f"bind {ref(pod)}")
+        self._bind_tasks.add(task)
+        task.add_done_callback(self._bind_tasks.discard)
+
+    async def _bind(self, framework: Framework, pod: Obj, decision: Decision) -> None:
+        """The Bind plugins for a decided pod; a refusal (the pod changed, was deleted or
+        out-bid since the decision, or this scheduler no longer leads) is undone and the pod
+        decided again from fresh data."""
+        assert decision.node is not None
+        try:
+            status = await framework.bind(decision.state, pod, decision.node, self)
+        except OrchError as e:
+            status = Status.error(str(e))
+        finally:
+            self._binding.pop(pod["metadata"]["uid"], None)
+            self._bind_slots.release()
         if not status.ok:
-            # Changed, deleted or out-bid since the decision: decided again from fresh data.
             log.info("binding pod %s to %s failed: %s", ref(pod), decision.node, "; ".join(status.reasons))
             framework.unreserve(decision.state, pod, decision.node)
-            return None
-        return self._assumed.get(pod["metadata"]["uid"])
+            self.queue.failed(pod, unschedulable=False)
+            self._wake.set()
+            return
+        self.queue.done(pod)
+        md = pod["metadata"]
+        bound = self._assumed.get(md["uid"], pod)
+        self._emit(framework, bound, NORMAL, "Scheduled",
+                   f"Successfully assigned {md['namespace']}/{md['name']} to {decision.node}")
 
     # --- binding -------------------------------------------------------------------------------
 
