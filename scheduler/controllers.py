@@ -101,6 +101,23 @@ def pod_ready(pod: Obj) -> bool:
     return False
 
 
+def ready_for(pod: Obj, now: float) -> float | None:
+    """Seconds the pod's Ready condition has been True (None when it is not)."""
+    for c in pod.get("status", {}).get("conditions", []):
+        if c.get("type") == "Ready":
+            if c.get("status") != "True":
+                return None
+            since = _parse_time(str(c.get("lastTransitionTime", "")))
+            return 0.0 if since is None else max(0.0, now - since.timestamp())
+    return None
+
+
+def pod_available(pod: Obj, min_ready_seconds: int, now: float) -> bool:
+    """Kubernetes' availability: Ready for at least ``minReadySeconds``."""
+    ready = ready_for(pod, now)
+    return ready is not None and ready >= min_ready_seconds
+
+
 def _terminating(pod: Obj) -> bool:
     return bool(pod["metadata"].get("deletionTimestamp"))
 
@@ -117,6 +134,8 @@ class DeploymentPlan:
     create: int = 0
     delete: list[Obj] = field(default_factory=list)
     status: Obj = field(default_factory=dict)
+    # Seconds until a Ready pod reaches minReadySeconds and becomes available: plan again then.
+    recheck_in: float | None = None
 
 
 def _deletion_rank(pod: Obj) -> tuple[int, int, str]:
@@ -147,15 +166,22 @@ def resolve_fenceposts(rolling_update: Mapping[str, Any] | None, replicas: int) 
     return surge, min(unavailable, replicas) if replicas else unavailable
 
 
-def plan_deployment(dep: Obj, owned: list[Obj]) -> DeploymentPlan:
+def plan_deployment(dep: Obj, owned: list[Obj], now: float | None = None) -> DeploymentPlan:
     """What to create and delete so that ``owned`` converges on the Deployment's spec.
 
     Pods of the current template are *new*, the others *old*. ``Recreate`` removes every
     old pod and creates new ones only once no old pod is left, terminating or not.
     ``RollingUpdate`` (the default) steps from old to new within ``maxSurge`` and
-    ``maxUnavailable``, gated on the pods' Ready condition.
+    ``maxUnavailable``, gated on the pods' availability: Ready for ``minReadySeconds``
+    (by ``now``, default the clock).
     """
+    now = time.time() if now is None else now
     spec = dep["spec"]
+    min_ready = int(spec.get("minReadySeconds", 0))
+
+    def available(pod: Obj) -> bool:
+        return pod_available(pod, min_ready, now)
+
     replicas = int(spec.get("replicas", 1))
     current_hash = template_hash(spec["template"])
     strategy = spec.get("strategy") or {}
@@ -189,30 +215,33 @@ def plan_deployment(dep: Obj, owned: list[Obj]) -> DeploymentPlan:
         surge, max_unavailable = resolve_fenceposts(strategy.get("rollingUpdate"), replicas)
         # Scale up the new pods within replicas + maxSurge.
         plan.create = max(0, min(replicas + surge - len(new) - len(old), replicas - len(new)))
-        # Scale down the old ones: never below replicas - maxUnavailable ready pods.
+        # Scale down the old ones: never below replicas - maxUnavailable available pods.
         min_available = replicas - max_unavailable
-        new_ready = sum(1 for p in new if pod_ready(p))
+        new_available = sum(1 for p in new if available(p))
         all_pods = len(new) + plan.create + len(old)
-        new_unavailable = len(new) + plan.create - new_ready
+        new_unavailable = len(new) + plan.create - new_available
         max_scaled_down = all_pods - min_available - new_unavailable
         ranked = sorted(old, key=_deletion_rank)
-        unready_old = [p for p in ranked if not pod_ready(p)]
-        cleanup = unready_old[: max(0, max_scaled_down)]
-        available = new_ready + sum(1 for p in old if pod_ready(p))
-        ready_old = [p for p in ranked if pod_ready(p)]
-        scale_down = ready_old[: max(0, available - min_available)]
+        unavailable_old = [p for p in ranked if not available(p)]
+        cleanup = unavailable_old[: max(0, max_scaled_down)]
+        available_now = new_available + sum(1 for p in old if available(p))
+        available_old = [p for p in ranked if available(p)]
+        scale_down = available_old[: max(0, available_now - min_available)]
         plan.delete.extend(cleanup + scale_down)
 
     deleted = {id(p) for p in plan.delete}
     left = [p for p in new + old if id(p) not in deleted]
     ready = sum(1 for p in left if pod_ready(p))
+    available_left = sum(1 for p in left if available(p))
+    waiting = [min_ready - r for p in left if (r := ready_for(p, now)) is not None and r < min_ready]
+    plan.recheck_in = min(waiting) if waiting else None
     plan.status = {
         "observedGeneration": dep["metadata"].get("generation", 1),
         "replicas": len(left),
         "updatedReplicas": sum(1 for p in left if _hash_of(p) == current_hash),
         "readyReplicas": ready,
-        "availableReplicas": ready,
-        "unavailableReplicas": max(0, replicas - ready),
+        "availableReplicas": available_left,
+        "unavailableReplicas": max(0, replicas - available_left),
     }
     return plan
 
@@ -386,6 +415,8 @@ class DeploymentController:
         owned = [p for p in owned if selector.matches(p["metadata"].get("labels", {}))]
         number = await self._sync_revisions(dep, owned, revisions)
         plan = plan_deployment(dep, owned)
+        if plan.recheck_in is not None:
+            self.loop.wake_after(plan.recheck_in)
         if plan.create > 0:
             await self._event(dep, NORMAL, "ScalingReplicaSet",
                               f"Creating {plan.create} pod(s) of revision {number or '?'}")

@@ -99,6 +99,10 @@ class Loop:
         for inf in informers:
             inf.add_listener(lambda ev: self._wake.set())
 
+    def wake_after(self, delay: float) -> None:
+        """Run ``body`` again ``delay`` seconds from now (a deadline no informer event marks)."""
+        asyncio.get_running_loop().call_later(max(0.0, delay), self._wake.set)
+
     async def run(self) -> None:
         for inf in self.informers:
             await inf.synced.wait()

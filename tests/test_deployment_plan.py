@@ -7,6 +7,7 @@ Deployments and pods are plain dicts shaped as the API server stores them
 from __future__ import annotations
 
 import copy
+import datetime
 from typing import Any
 
 from apimachinery.labels import selector_from_label_selector
@@ -147,6 +148,30 @@ def test_rolling_update_surges_first_and_keeps_every_ready_pod_until_new_ones_ar
     ready = owned_pod(dep, name="ready")
     plan = plan_deployment(dep, [old, current, ready])
     assert names(plan.delete) == ["old"] and plan.create == 0
+
+
+def test_min_ready_seconds_counts_a_pod_available_only_after_it_was_ready_that_long() -> None:
+    dep = make_deployment(2)  # surge 1, unavailable 0
+    dep["spec"]["minReadySeconds"] = 30
+    now = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC).timestamp()
+
+    def ready_since(pod: Obj, seconds_ago: int) -> Obj:
+        stamp = datetime.datetime.fromtimestamp(now - seconds_ago, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        pod["status"]["conditions"][0]["lastTransitionTime"] = stamp
+        return pod
+
+    old = ready_since(owned_pod(dep, name="old", stale=True), 3600)
+    current = ready_since(owned_pod(dep, name="current"), 3600)
+    fresh = ready_since(owned_pod(dep, name="fresh"), 10)
+    plan = plan_deployment(dep, [old, current, fresh], now=now)
+    # Ready for 10 s of the 30 it must be: not available yet, so the old pod stays.
+    assert plan.delete == [] and plan.recheck_in == 20
+    assert plan.status["readyReplicas"] == 3 and plan.status["availableReplicas"] == 2
+    plan = plan_deployment(dep, [old, current, fresh], now=now + 20)
+    assert names(plan.delete) == ["old"] and plan.recheck_in is None
+    # Without minReadySeconds, Ready is available at once.
+    del dep["spec"]["minReadySeconds"]
+    assert names(plan_deployment(dep, [old, current, fresh], now=now).delete) == ["old"]
 
 
 def test_a_template_change_rolls_within_surge_and_unavailable() -> None:
