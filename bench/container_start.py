@@ -64,7 +64,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from bench.stats import (  # noqa: E402
-    BenchFailure, percentile, raise_on_sigterm, ratio, record_failure, report, summary, uninterruptible,
+    BenchFailure, percentile, print_ending, raise_on_sigterm, ratio, record_failure, report, summary,
+    uninterruptible,
 )
 
 RUNC = Path("/usr/bin/runc")
@@ -436,11 +437,7 @@ def print_table(rep: dict[str, Any]) -> None:
     print("orch start() stages, p50 ms: " + ", ".join(f"{k} {v * 1000:.2f}" for k, v in rep["orch_stage_p50"].items()))
     if rep.get("other_orch_bench_cgroups"):
         print(f"(not ours, left alone: other orch-bench cgroups {rep['other_orch_bench_cgroups']})")
-    print(f"total {rep['total_s']:.1f} s")
-    left = {k: v for k, v in (rep.get("leftovers") or {}).items() if v}
-    print("leftovers: none" if not left else f"LEFTOVERS: {left}")
-    for f_ in rep["failures"]:
-        print(f"FAILURE: {f_}")
+    print_ending(rep)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -56,7 +56,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from bench.stats import BenchFailure, raise_on_sigterm, ratio, report, summary
+from bench.stats import BenchFailure, print_ending, raise_on_sigterm, ratio, report, summary
 
 NETNS_DIR = Path("/run/netns")
 ORCH_CIDR = "10.244.3.0/24"
@@ -219,11 +219,7 @@ def print_table(rep: dict[str, Any]) -> None:
     t = rep["target"]
     print(f"[*] headline. Target {t['what']}: "
           + ("no data" if t["ratio"] is None else f"ratio {t['ratio']:.2f} -> {'MET' if t['met'] else 'NOT MET'}"))
-    print(f"total {rep['total_s']:.1f} s")
-    left = {k: v for k, v in (rep.get("leftovers") or {}).items() if v}
-    print("leftovers: none" if not left else f"LEFTOVERS: {left}")
-    for f_ in rep["failures"]:
-        print(f"FAILURE: {f_}")
+    print_ending(rep)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

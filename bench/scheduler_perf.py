@@ -97,7 +97,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from bench.stats import (  # noqa: E402
-    BenchFailure, percentile, raise_on_sigterm, ratio, record_failure, report, summary, uninterruptible,
+    BenchFailure, percentile, print_ending, raise_on_sigterm, ratio, record_failure, report, summary,
+    uninterruptible,
 )
 
 PREFIX = "/orch"
@@ -651,22 +652,12 @@ def print_table(rep: dict[str, Any]) -> None:
               f"{v['nodes_over_allocatable_count']} nodes over allocatable")
     if rep.get("scheduler_log"):
         print(f"scheduler log: {rep['scheduler_log']}")
-    print(f"total {rep['total_s']:.1f} s")
-    left = {k: x for k, x in (rep.get("leftovers") or {}).items() if x}
-    print("leftovers: none" if not left else f"LEFTOVERS: {left}")
-    for fl in rep["failures"]:
-        print(f"FAILURE: {fl}")
-
-
-def _boolean(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    print_ending(rep)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from scheduler.main import boolean_flag
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--nodes", type=int, default=5000, help="simulated nodes (default 5000)")
     p.add_argument("--init-pods", type=int, default=1000, help="pods placed before the measurement (default 1000)")
@@ -677,7 +668,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--create-workers", type=int, default=4, help="creation transactions in flight (default 4)")
     p.add_argument("--ref-callers", type=int, default=64, help="concurrent callers of the reference (default 64)")
     p.add_argument("--ref-seconds", type=float, default=10.0, help="seconds of each reference run (default 10)")
-    p.add_argument("--leader-elect", type=_boolean, default=True, metavar="true|false",
+    p.add_argument("--leader-elect", type=boolean_flag, default=True, metavar="true|false",
                    help="the scheduler's --leader-elect (default true, as deployed)")
     p.add_argument("--json", action="store_true", help="print a JSON document instead of the table")
     args = p.parse_args(argv)

@@ -61,6 +61,15 @@ def raise_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def print_ending(rep: dict[str, Any]) -> None:
+    """The last lines of every benchmark's table: its duration, what it left behind, its failures."""
+    print(f"total {rep['total_s']:.1f} s")
+    left = {k: v for k, v in (rep.get("leftovers") or {}).items() if v}
+    print("leftovers: none" if not left else f"LEFTOVERS: {left}")
+    for failure in rep["failures"]:
+        print(f"FAILURE: {failure}")
+
+
 def report(rep: dict[str, Any], as_json: bool, print_table: Callable[[dict[str, Any]], None], *,
            interrupted: bool, failed: bool) -> int:
     """Print the report (JSON, or the benchmark's table); the exit status: 130 when

@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds between compactions of etcd's history (0: never)")
     p.add_argument("--config", type=config_file_argument, metavar="FILE",
                    help="scheduling profiles, a KubeSchedulerConfiguration YAML (docs/scheduling-plugins.md)")
-    p.add_argument("--leader-elect", type=_boolean, nargs="?", const=True, default=True, metavar="true|false",
+    p.add_argument("--leader-elect", type=boolean_flag, nargs="?", const=True, default=True, metavar="true|false",
                    help="run the scheduling loop and controllers only while leading, elected through an etcd "
                         "lease among the schedulers of this etcd (default true); false: always, as if alone")
     p.add_argument("--leader-elect-lease-duration", type=float, default=DEFAULT_LEASE_DURATION, metavar="SECONDS",
@@ -75,7 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _boolean(text: str) -> bool:
+def boolean_flag(text: str) -> bool:
+    """A true|false command-line value (also 1/0, yes/no)."""
     if text.lower() in ("true", "1", "yes"):
         return True
     if text.lower() in ("false", "0", "no"):
