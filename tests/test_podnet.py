@@ -275,28 +275,33 @@ def _checksum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def ping(path: Path, dst: IPv4Address | str, timeout: float = 1.0) -> bool:
-    """One ICMP echo from inside the namespace at ``path`` (a raw socket made there); True if answered."""
+def ping(path: Path, dst: IPv4Address | str, timeout: float = 3.0) -> bool:
+    """ICMP echoes from inside the namespace at ``path`` (a raw socket made there), one
+    every 0.25 s as ``ping -w`` sends them, until one is answered (True) or ``timeout``."""
     ident = secrets.randbits(16)
     with netns.inet_socket(path, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
-        payload = secrets.token_bytes(16)
-        header = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
-        packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, 1) + payload
-        try:
-            s.sendto(packet, (str(dst), 0))
-        except OSError as e:
-            if e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
-                return False
-            raise
         deadline = time.monotonic() + timeout
+        seq = 0
         while (left := deadline - time.monotonic()) > 0:
-            if not select.select([s], [], [], left)[0]:
-                break
-            data, (src, _) = s.recvfrom(2048)
-            ihl = (data[0] & 0x0F) * 4
-            kind, _, _, rid, _ = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-            if kind == 0 and rid == ident and src == str(dst):
-                return True
+            seq += 1
+            payload = secrets.token_bytes(16)
+            header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+            packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
+            try:
+                s.sendto(packet, (str(dst), 0))
+            except OSError as e:
+                if e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                    return False
+                raise
+            resend = time.monotonic() + min(0.25, left)
+            while (wait := resend - time.monotonic()) > 0:
+                if not select.select([s], [], [], wait)[0]:
+                    break
+                data, (src, _) = s.recvfrom(2048)
+                ihl = (data[0] & 0x0F) * 4
+                kind, _, _, rid, _ = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+                if kind == 0 and rid == ident and src == str(dst):
+                    return True
     return False
 
 

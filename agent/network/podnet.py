@@ -61,6 +61,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
@@ -95,6 +96,7 @@ POD_IFNAME = "eth0"
 #: <linux/if.h>
 IFF_UP = 0x1
 IFNAMSIZ = 16
+OPERSTATE_TIMEOUT = 5.0  # seconds attach waits for a new veth to be operational (see _wait_operational)
 RT_TABLE_MAIN = 254
 _LOCK_STRIPES = 64
 _STATS = ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_errors", "tx_errors", "rx_dropped", "tx_dropped")
@@ -276,6 +278,30 @@ def _configure_eth0(ipr: IPRoute, ip: IPv4Address, prefixlen: int, gateway: IPv4
     ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
 
 
+def _wait_operational(ipr: IPRoute, ifname: str, timeout: float = OPERSTATE_TIMEOUT) -> None:
+    """Wait until the kernel has the link's carrier in operational state UP.
+
+    A veth's carrier is on as soon as both ends are up, but the kernel's linkwatch work
+    applies it later, and only then swaps the link's placeholder qdisc, which drops
+    every packet, for the real one. A pod that sends in that gap loses its first ARP
+    request and waits a whole second for the retry. Not UP within ``timeout``: logged,
+    not fatal (the link works once linkwatch runs).
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.0005
+    while True:
+        link = _link(ipr, ifname)
+        if link is None:
+            raise OSError(errno.ENODEV, f"{ifname} disappeared")
+        if link.get("IFLA_OPERSTATE") == "UP":
+            return
+        if time.monotonic() >= deadline:
+            log.warning("%s is still %s after %.1fs; going on", ifname, link.get("IFLA_OPERSTATE"), timeout)
+            return
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
+
+
 def _eth0_configured(ipr: IPRoute, ip: IPv4Address, prefixlen: int, gateway: IPv4Address) -> bool:
     eth0 = _link(ipr, POD_IFNAME)
     if eth0 is None or _link_kind(eth0) != "veth" or not eth0["flags"] & IFF_UP:
@@ -433,6 +459,9 @@ class PodNetwork:
                     _create_veth(node, a.host_veth, bridge["index"], pod_fd)
             with _step(a.pod_uid, f"configure {POD_IFNAME} ({a.cidr}, default via {a.gateway})"):
                 _configure_eth0(pod, a.ip, a.prefixlen, a.gateway)
+            with _step(a.pod_uid, f"wait for {POD_IFNAME} and {a.host_veth} to be operational"):
+                _wait_operational(pod, POD_IFNAME)
+                _wait_operational(node, a.host_veth)
             log.info("pod %s: network attached: %s via %s on %s", a.pod_uid, a.cidr, a.host_veth, self.bridge)
 
     def _attached(self, node: IPRoute, pod: IPRoute, a: PodAddress, bridge_index: int) -> bool:
