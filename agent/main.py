@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import shutil
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 from agent.agent import Agent, NodeConfig
 from agent.runtime.logs import LogPolicy
+from agent.runtime import syscalls
 from agent.runtime.runtime import Runtime
 from agent.server import start_server
 from apimachinery.errors import OrchError
@@ -30,6 +33,17 @@ def machine_memory() -> int:
             if line.startswith("MemTotal:"):
                 return int(line.split()[1]) * 1024
     raise OSError("MemTotal missing from /proc/meminfo")
+
+
+def enter_netns(path: Path) -> None:
+    """Move this process, while it is still one thread, into the network namespace at ``path``."""
+    if threading.active_count() != 1:
+        raise OSError(errno.EINVAL, "the network namespace must be entered before any thread starts")
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        syscalls.setns(fd, syscalls.CLONE_NEWNET)
+    finally:
+        os.close(fd)
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -80,6 +94,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="rotate a container's log when it reaches this size (default 10Mi), like kubelet's")
     p.add_argument("--container-log-max-files", type=int, default=5, metavar="N",
                    help="log files kept per container, the current one included (default 5)")
+    p.add_argument("--netns", type=Path, metavar="PATH",
+                   help="run in the network namespace at PATH (an nsfs bind mount, as `ip netns add` makes): "
+                        "a lab node's own network. Entered before anything else starts, so every thread, "
+                        "socket and pod network of the agent is made there")
     p.add_argument("--cleanup", action="store_true",
                    help="do not run: stop every container of this node (--state-dir, --cgroup-root), remove "
                         "their cgroups, sandboxes and state, and the cgroup root's parents that are left empty")
@@ -139,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         log.error("orch-agent creates namespaces and cgroups and must run as root")
         return 1
+    if args.netns is not None:
+        try:
+            enter_netns(args.netns)
+        except OSError as e:
+            log.error("--netns: %s", e)
+            return 1
     if args.cleanup:
         return cleanup(args.state_dir, args.cgroup_root)
     try:

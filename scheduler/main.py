@@ -38,7 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="orch-scheduler", description=__doc__)
     p.add_argument("--etcd", default="127.0.0.1:2379", help="etcd client endpoint HOST:PORT")
     p.add_argument("--etcd-prefix", default=DEFAULT_PREFIX, help="key prefix of this cluster in etcd")
-    p.add_argument("--listen", default="127.0.0.1:6443", help="gRPC address for orchctl and agents")
+    p.add_argument("--listen", default="127.0.0.1:6443", metavar="HOST:PORT[,...]",
+                   help="gRPC address(es) for orchctl and agents, comma-separated (a lab listens on loopback "
+                        "and on its network)")
     p.add_argument("--heartbeat-interval", type=int, default=5, help="seconds between agent heartbeats")
     p.add_argument("--node-monitor-grace-period", type=float, default=40.0,
                    help="seconds without a heartbeat before a node is NotReady")
@@ -122,8 +124,9 @@ async def serve(args: argparse.Namespace) -> None:
     cluster = ClusterService(registry)
     cluster_pb2_grpc.add_ClusterServicer_to_server(cluster, server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(node_service, server)
-    if server.add_insecure_port(args.listen) == 0:
-        raise SystemExit(f"cannot listen on {args.listen}")
+    for address in filter(None, (a.strip() for a in args.listen.split(","))):
+        if server.add_insecure_port(address) == 0:
+            raise SystemExit(f"cannot listen on {address}")
     await server.start()
     log.info("serving the Cluster API and node protocol on %s (etcd %s)", args.listen, args.etcd)
 
