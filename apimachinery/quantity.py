@@ -28,6 +28,7 @@ treat it as bad input). Its ``message`` is the text that follows a field path.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -152,23 +153,16 @@ def _exact(value: str | int | float, unit: int, what: str, unit_name: str, gener
     return result
 
 
-def parse_cpu(value: str | int | float) -> int:
-    """CPU in millicores: ``"500m"`` → 500, ``"1"`` → 1000, ``0.5`` → 500, ``2`` → 2000.
-
-    Sub-millicore amounts round up to 1m, as Kubernetes rounds them.
-    """
+def _parse_cpu(value: str | int | float) -> int:
+    """``parse_cpu`` without its cache."""
     result = _exact(value, 1000, "a CPU quantity", "millicores", "500m")
     if result is None:
         raise QuantityError(f"{_display(value)} is not a CPU quantity; use 500m or 0.5")
     return result
 
 
-def parse_memory(value: str | int | float) -> int:
-    """Memory (or storage) in bytes: ``"64Mi"``, ``"1Gi"``, ``"129M"``, ``"129e6"``, ``134217728``.
-
-    Fractions of a byte round up. Raises QuantityError with a suggested spelling when the
-    text looks like a familiar but wrong unit (``64MB`` → ``64Mi or 67108864``).
-    """
+def _parse_memory(value: str | int | float) -> int:
+    """``parse_memory`` without its cache."""
     m = _QUANTITY.fullmatch(value) if isinstance(value, str) else None
     if m is not None and m["suffix"] == "m" and m["sign"] != "-" and Decimal(m["number"]) != 0:
         # Milli-bytes: legal in Kubernetes, never meant. Let the suggestion say Mi.
@@ -191,7 +185,7 @@ def _memory_hint(value: object) -> str:
         m = _QUANTITY.fullmatch(stripped)
         if m is not None and m["suffix"] != "m" and m["sign"] != "-":
             try:
-                exact = parse_memory(stripped)
+                exact = _parse_memory(stripped)
             except QuantityError:
                 return generic
             return f"{shown} is not a quantity; use {stripped} or {exact}"
@@ -238,3 +232,28 @@ def format_cpu(millis: int) -> str:
     if millis % 1000 == 0:
         return str(millis // 1000)
     return f"{millis}m"
+
+
+# Cached: the scheduler reads the same few request strings for every pod it places, and an
+# exact parse (Fractions) costs microseconds. Only plain str, int and float are cached
+# (typed: 1 and 1.0 are different inputs; True is not a quantity and is not cached).
+_CACHED_TYPES = (str, int, float)
+_parse_cpu_cached = functools.lru_cache(maxsize=4096, typed=True)(_parse_cpu)
+_parse_memory_cached = functools.lru_cache(maxsize=4096, typed=True)(_parse_memory)
+
+
+def parse_cpu(value: str | int | float) -> int:
+    """CPU in millicores: ``"500m"`` → 500, ``"1"`` → 1000, ``0.5`` → 500, ``2`` → 2000.
+
+    Sub-millicore amounts round up to 1m, as Kubernetes rounds them.
+    """
+    return _parse_cpu_cached(value) if type(value) in _CACHED_TYPES else _parse_cpu(value)
+
+
+def parse_memory(value: str | int | float) -> int:
+    """Memory (or storage) in bytes: ``"64Mi"``, ``"1Gi"``, ``"129M"``, ``"129e6"``, ``134217728``.
+
+    Fractions of a byte round up. Raises QuantityError with a suggested spelling when the
+    text looks like a familiar but wrong unit (``64MB`` → ``64Mi or 67108864``).
+    """
+    return _parse_memory_cached(value) if type(value) in _CACHED_TYPES else _parse_memory(value)

@@ -347,6 +347,17 @@ def plan_revisions(dep: Obj, revisions: list[Obj], owned: list[Obj]) -> Revision
 # --- Deployments: the controller -------------------------------------------------------
 
 
+DEPLOYMENT_OWNER = "deployment-owner"  # the pod informer's index of pods by their Deployment's uid
+
+
+def deployment_owner_uid(pod: Obj) -> str | None:
+    """The uid of the Deployment controlling ``pod`` (None: no Deployment owns it)."""
+    for owner in pod["metadata"].get("ownerReferences") or ():
+        if owner.get("controller") and owner.get("kind") == "Deployment":
+            return str(owner.get("uid"))
+    return None
+
+
 class DeploymentController:
     def __init__(self, registry: Registry, deployments: Informer, pods: Informer,
                  revisions: Informer | None = None, resync: float = 10.0,
@@ -360,6 +371,8 @@ class DeploymentController:
         # The pod revision this controller's last writes reached; a pass waits until the
         # pod informer has seen them (it would otherwise plan on pods it already changed).
         self._written = 0
+        # The pods by owning Deployment: a pass reads its Deployments' pods, not every pod.
+        pods.add_index(DEPLOYMENT_OWNER, deployment_owner_uid)
         informers = [deployments, pods] + ([revisions] if revisions is not None else [])
         self.loop = Loop("deployment controller", informers, self.reconcile_all, resync)
 
@@ -371,16 +384,9 @@ class DeploymentController:
         if self.pods.revision < self._written:
             return  # our own writes are on their way to the cache; their events wake us again
         deps = {d["metadata"]["uid"]: d for d in self.deployments.items()}
-        owned: dict[str, list[Obj]] = {uid: [] for uid in deps}
-        orphans: list[Obj] = []
-        for pod in self.pods.items():
-            owner = controller_uid(pod)
-            if owner is None:
-                continue
-            if owner in owned:
-                owned[owner].append(pod)
-            elif any(r.get("kind") == "Deployment" for r in pod["metadata"].get("ownerReferences", [])):
-                orphans.append(pod)
+        owned = {uid: self.pods.by_index(DEPLOYMENT_OWNER, uid) for uid in deps}
+        orphans = [pod for owner in self.pods.index_values(DEPLOYMENT_OWNER) if owner not in deps
+                   for pod in self.pods.by_index(DEPLOYMENT_OWNER, owner)]
         revisions: dict[str, list[Obj]] = {uid: [] for uid in deps}
         orphan_revisions: list[Obj] = []
         for rev in self.revisions.items() if self.revisions is not None else ():

@@ -96,12 +96,23 @@ class CycleState(dict[str, Any]):
     read its snapshot.
     """
 
-    def __init__(self, nodes: Sequence[NodeInfo] = (), framework: Framework | None = None) -> None:
+    def __init__(self, nodes: Sequence[NodeInfo] = (), framework: Framework | None = None,
+                 nodes_with_affinity_pods: Sequence[NodeInfo] | None = None) -> None:
         super().__init__()
         self.nodes = nodes
         # The profile running this cycle: what a PostFilter (preemption) re-runs the
         # filters with, as kube-scheduler's plugins reach them through their Handle.
         self.framework = framework
+        self._with_affinity = nodes_with_affinity_pods
+
+    @property
+    def nodes_with_affinity_pods(self) -> Sequence[NodeInfo]:
+        """The nodes holding a pod with inter-pod (anti-)affinity (kube-scheduler's snapshot
+        keeps this list too): all that InterPodAffinity must visit for a pod with no
+        affinity of its own. The scheduling loop keeps it; otherwise it is found here."""
+        if self._with_affinity is None:
+            self._with_affinity = [n for n in self.nodes if n.pods_with_affinity]
+        return self._with_affinity
 
 
 def pod_resource_requests(pod: Obj) -> tuple[int, int, int, int]:
@@ -115,6 +126,14 @@ def pod_resource_requests(pod: Obj) -> tuple[int, int, int, int]:
         nz_cpu += c or DEFAULT_MILLI_CPU_REQUEST
         nz_memory += m or DEFAULT_MEMORY_REQUEST
     return cpu, memory, nz_cpu, nz_memory
+
+
+def node_ready(node: Obj) -> bool:
+    """The node's Ready condition is True."""
+    for c in node.get("status", {}).get("conditions", []):
+        if c.get("type") == "Ready":
+            return c.get("status") == "True"
+    return False
 
 
 def has_pod_affinity(pod: Obj) -> bool:
@@ -141,28 +160,32 @@ class NodeInfo:
     # Pods with inter-pod (anti-)affinity: the few InterPodAffinity must look at.
     pods_with_affinity: list[Obj] = field(default_factory=list)
     pods_with_required_anti_affinity: list[Obj] = field(default_factory=list)
-    # Parsed once: every Filter and Score of every pod in a pass reads it.
-    _allocatable: tuple[int, int, int] = field(init=False)
+    # Read once from the node: every Filter and Score of every pod in a pass reads them
+    # (a cycle calls the filters for hundreds of nodes; a dict walk each time adds up).
+    name: str = field(init=False)
+    ready: bool = field(init=False)
+    taints: tuple[Obj, ...] = field(init=False)
+    unschedulable: bool = field(init=False)  # cordoned: spec.unschedulable
+    # ``(cpu millicores, memory bytes, pods)`` the node offers.
+    allocatable: tuple[int, int, int] = field(init=False)
 
     def __post_init__(self) -> None:
-        alloc = self.node.get("status", {}).get("allocatable", {})
-        self._allocatable = (
+        self.name = str(self.node["metadata"]["name"])
+        status = self.node.get("status", {})
+        self.ready = node_ready(self.node)
+        spec = self.node.get("spec", {})
+        self.taints = tuple(spec.get("taints") or ())
+        self.unschedulable = bool(spec.get("unschedulable"))
+        alloc = status.get("allocatable", {})
+        self.allocatable = (
             parse_cpu(alloc.get("cpu", "0")),
             parse_memory(alloc.get("memory", "0")),
             int(alloc.get("pods", 110)),
         )
 
     @property
-    def name(self) -> str:
-        return str(self.node["metadata"]["name"])
-
-    @property
     def labels(self) -> Mapping[str, str]:
         return self.node["metadata"].get("labels") or {}
-
-    def allocatable(self) -> tuple[int, int, int]:
-        """``(cpu millicores, memory bytes, pods)`` the node offers."""
-        return self._allocatable
 
     def without(self, uids: set[str], extra: Sequence[Obj] = ()) -> NodeInfo:
         """A copy of this node with the pods of ``uids`` taken away and ``extra`` added:
@@ -358,9 +381,11 @@ class Framework:
     percentage_of_nodes_to_score: int = 0  # 0: adaptive, as kube-scheduler's default
     next_start_node_index: int = 0
 
-    def schedule(self, pod: Obj, nodes: Sequence[NodeInfo]) -> Decision:
-        """Choose a node for ``pod``, or say in kube-scheduler's words why none fits."""
-        state = CycleState(nodes, self)
+    def schedule(self, pod: Obj, nodes: Sequence[NodeInfo],
+                 nodes_with_affinity_pods: Sequence[NodeInfo] | None = None) -> Decision:
+        """Choose a node for ``pod``, or say in kube-scheduler's words why none fits.
+        ``nodes_with_affinity_pods``: see ``CycleState`` (found from ``nodes`` when None)."""
+        state = CycleState(nodes, self, nodes_with_affinity_pods)
         skipped, st = self._pre_filter(state, pod, nodes)
         if not st.ok:
             return self._no_fit(state, pod, nodes, {n.name: st for n in nodes},
@@ -420,7 +445,7 @@ class Framework:
             processed += 1
             for f in filters:
                 st = f.filter(state, pod, info)
-                if not st.ok:
+                if st is not SUCCESS and not st.ok:  # the identity test first: the common case, fast
                     # Like kube-scheduler, a node counts under the reasons of the first
                     # filter that rejects it.
                     statuses[info.name] = st
@@ -453,19 +478,24 @@ class Framework:
                 skipped.add(ps.name)
             elif not st.ok:
                 return Status.error(f"running PreScore plugin {ps.name}: {'; '.join(st.reasons)}")
-        totals = dict.fromkeys((n.name for n in feasible), 0)
+        names = [info.name for info in feasible]
+        totals = [0] * len(feasible)
         for plugin, weight in self.scores:
             if plugin.name in skipped:
                 continue
-            scores = {info.name: plugin.score(state, pod, info) for info in feasible}
-            if isinstance(plugin, NormalizeScorePlugin):
-                plugin.normalize_score(state, pod, scores)
-            for name, score in scores.items():
-                if not 0 <= score <= MAX_SCORE:
-                    return Status.error(f"plugin {plugin.name} gave node {name} the invalid score {score}, "
-                                        f"not within [0, {MAX_SCORE}]")
-                totals[name] += weight * score
-        return totals
+            # Lists in the order of ``feasible``: a dict per plugin only for NormalizeScore.
+            scores = [plugin.score(state, pod, info) for info in feasible]
+            normalize = getattr(plugin, "normalize_score", None)  # NormalizeScorePlugin
+            if normalize is not None:
+                by_name = dict(zip(names, scores, strict=True))
+                normalize(state, pod, by_name)
+                scores = [by_name[name] for name in names]
+            if not 0 <= min(scores) <= max(scores) <= MAX_SCORE:
+                name, score = next((n, v) for n, v in zip(names, scores, strict=True) if not 0 <= v <= MAX_SCORE)
+                return Status.error(f"plugin {plugin.name} gave node {name} the invalid score {score}, "
+                                    f"not within [0, {MAX_SCORE}]")
+            totals = [total + weight * score for total, score in zip(totals, scores, strict=True)]
+        return dict(zip(names, totals, strict=True))
 
     # --- after a decision: run by the scheduling loop ---------------------------------
 

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace or "", name)
 Listener = Callable[[WatchEvent | None], None]
+IndexFunc = Callable[[Obj], str | None]
 
 
 def obj_key(obj: Obj) -> Key:
@@ -40,6 +41,44 @@ class Informer:
         self.revision = 0
         self.synced = asyncio.Event()
         self._listeners: list[Listener] = []
+        self._index_funcs: dict[str, IndexFunc] = {}
+        self._indices: dict[str, dict[str, dict[Key, Obj]]] = {}
+
+    def add_index(self, name: str, func: IndexFunc) -> None:
+        """Keep the objects grouped by ``func(obj)`` (None: left out), as client-go's Indexer:
+        a controller that needs the pods of one owner reads that group instead of scanning
+        every pod of the cluster on every event."""
+        self._index_funcs[name] = func
+        index: dict[str, dict[Key, Obj]] = {}
+        for key, obj in self.cache.items():
+            value = func(obj)
+            if value is not None:
+                index.setdefault(value, {})[key] = obj
+        self._indices[name] = index
+
+    def by_index(self, name: str, value: str) -> list[Obj]:
+        return list(self._indices[name].get(value, {}).values())
+
+    def index_values(self, name: str) -> list[str]:
+        return list(self._indices[name])
+
+    def _store(self, key: Key, obj: Obj | None) -> None:
+        """Put (``obj``) or drop (None) one object, in the cache and in every index."""
+        old = self.cache.pop(key, None) if obj is None else self.cache.get(key)
+        if obj is not None:
+            self.cache[key] = obj
+        for name, func in self._index_funcs.items():
+            index = self._indices[name]
+            before = func(old) if old is not None else None
+            after = func(obj) if obj is not None else None
+            if before is not None and before != after:
+                group = index.get(before)
+                if group is not None:
+                    group.pop(key, None)
+                    if not group:
+                        del index[before]
+            if after is not None:
+                index.setdefault(after, {})[key] = obj  # type: ignore[assignment]  # after is set only with obj
 
     def add_listener(self, listener: Listener) -> None:
         """``listener(event)`` after every change; ``listener(None)`` after a (re)list."""
@@ -65,16 +104,15 @@ class Informer:
                 if not resume:
                     items, rev = await self.store.list(self.kind)
                     self.cache = {obj_key(o): o for o in items}
+                    for name, func in self._index_funcs.items():
+                        self.add_index(name, func)
                     self.revision = rev
                     self.synced.set()
                     self._notify(None)
                     backoff = 0.2
                 resume = False
                 async for ev in self.store.watch(self.kind, None, self.revision + 1):
-                    if ev.type == "DELETED":
-                        self.cache.pop(obj_key(ev.obj), None)
-                    else:
-                        self.cache[obj_key(ev.obj)] = ev.obj
+                    self._store(obj_key(ev.obj), None if ev.type == "DELETED" else ev.obj)
                     self.revision = ev.revision
                     self._notify(ev)
                 # The watch ended without an error (the client closed it): relist.

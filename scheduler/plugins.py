@@ -79,18 +79,11 @@ def _check_fields(args: Args, known: tuple[str, ...], path: str = "") -> None:
 # --- node-level filters ---------------------------------------------------------------
 
 
-def node_ready(node: Obj) -> bool:
-    for c in node.get("status", {}).get("conditions", []):
-        if c.get("type") == "Ready":
-            return c.get("status") == "True"
-    return False
-
-
 class NodeReady:
     name = "NodeReady"
 
     def filter(self, state: CycleState, pod: Obj, node: NodeInfo) -> Status:
-        return SUCCESS if node_ready(node.node) else Status.unresolvable("node(s) were not ready")
+        return SUCCESS if node.ready else Status.unresolvable("node(s) were not ready")
 
 
 def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
@@ -121,7 +114,7 @@ class NodeUnschedulable:
     name = "NodeUnschedulable"
 
     def filter(self, state: CycleState, pod: Obj, node: NodeInfo) -> Status:
-        if not node.node.get("spec", {}).get("unschedulable"):
+        if not node.unschedulable:
             return SUCCESS
         if tolerated(pod["spec"].get("tolerations") or (), UNSCHEDULABLE_TAINT):
             return SUCCESS
@@ -146,7 +139,7 @@ class TaintToleration:
 
     def filter(self, state: CycleState, pod: Obj, node: NodeInfo) -> Status:
         tolerations = pod["spec"].get("tolerations") or ()
-        for taint in node.node.get("spec", {}).get("taints") or ():
+        for taint in node.taints:
             if taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerated(tolerations, taint):
                 return Status.unresolvable(
                     f"node(s) had untolerated taint {{{taint.get('key')}: {taint.get('value', '')}}}")
@@ -158,8 +151,10 @@ class TaintToleration:
         return SUCCESS
 
     def score(self, state: CycleState, pod: Obj, node: NodeInfo) -> int:
+        if not node.taints:
+            return 0
         tolerations = state[self.name]
-        return sum(1 for taint in node.node.get("spec", {}).get("taints") or ()
+        return sum(1 for taint in node.taints
                    if taint.get("effect") == "PreferNoSchedule" and not tolerated(tolerations, taint))
 
     def normalize_score(self, state: CycleState, pod: Obj, scores: dict[str, int]) -> None:
@@ -318,12 +313,15 @@ def _most_allocated(requested: int, allocatable: int) -> int:
     return min(requested, allocatable) * MAX_SCORE // allocatable
 
 
-def _scoring_requests(state: CycleState, key: str, pod: Obj, node: NodeInfo) -> dict[str, tuple[int, int]]:
-    """``resource: (requested with the pod, allocatable)`` for scoring, counting request-less
-    containers at kube-scheduler's defaults."""
-    _, _, nz_cpu, nz_mem = state[key]
-    a_cpu, a_mem, _ = node.allocatable()
-    return {"cpu": (node.non_zero_cpu + nz_cpu, a_cpu), "memory": (node.non_zero_memory + nz_mem, a_mem)}
+def _scoring_requests(nz_pod: tuple[int, int], node: NodeInfo) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((cpu requested with the pod, allocatable), (memory …, …))`` for scoring, counting
+    request-less containers at kube-scheduler's defaults (``nz_pod``: the pod's non-zero
+    cpu and memory requests, from ``pod_resource_requests``)."""
+    a_cpu, a_mem, _ = node.allocatable
+    return (node.non_zero_cpu + nz_pod[0], a_cpu), (node.non_zero_memory + nz_pod[1], a_mem)
+
+
+_RESOURCE_INDEX = {"cpu": 0, "memory": 1}  # positions in _scoring_requests' answer
 
 
 class NodeResourcesFit:
@@ -331,10 +329,13 @@ class NodeResourcesFit:
     ``LeastAllocated`` (spread) or ``MostAllocated`` (bin-pack) strategy."""
 
     name = "NodeResourcesFit"
+    _score_key = "NodeResourcesFit/score"
 
     def __init__(self, args: ResourceFitArgs | None = None) -> None:
         self.args = args or ResourceFitArgs()
         self._per_resource = _least_allocated if self.args.strategy == "LeastAllocated" else _most_allocated
+        self._weights = tuple((_RESOURCE_INDEX[r], w) for r, w in self.args.weights)
+        self._weight_sum = sum(w for _, w in self.args.weights)
 
     @classmethod
     def from_args(cls, args: Args) -> NodeResourcesFit:
@@ -346,7 +347,7 @@ class NodeResourcesFit:
 
     def filter(self, state: CycleState, pod: Obj, node: NodeInfo) -> Status:
         cpu, mem, _, _ = state[self.name]
-        a_cpu, a_mem, a_pods = node.allocatable()
+        a_cpu, a_mem, a_pods = node.allocatable
         reasons = []
         if len(node.pods) + 1 > a_pods:
             reasons.append("Too many pods")
@@ -357,31 +358,33 @@ class NodeResourcesFit:
         return Status.unschedulable(*reasons) if reasons else SUCCESS
 
     def pre_score(self, state: CycleState, pod: Obj, nodes: Sequence[NodeInfo]) -> Status:
-        state[f"{self.name}/score"] = pod_resource_requests(pod)
+        state[self._score_key] = pod_resource_requests(pod)[2:]
         return SUCCESS
 
     def score(self, state: CycleState, pod: Obj, node: NodeInfo) -> int:
-        usage = _scoring_requests(state, f"{self.name}/score", pod, node)
-        total = sum(w for _, w in self.args.weights)
-        return sum(w * self._per_resource(*usage[r]) for r, w in self.args.weights) // total
+        usage = _scoring_requests(state[self._score_key], node)
+        total = 0
+        for i, weight in self._weights:
+            total += weight * self._per_resource(*usage[i])
+        return total // self._weight_sum
 
 
 class NodeResourcesBalancedAllocation:
     """Prefer nodes whose cpu and memory would be used in equal fractions: 100 × (1 − the
-    standard deviation of the fractions), as kube-scheduler computes it."""
+    standard deviation of the fractions), as kube-scheduler computes it (for two
+    resources the standard deviation is half their difference, its own shortcut too)."""
 
     name = "NodeResourcesBalancedAllocation"
 
     def pre_score(self, state: CycleState, pod: Obj, nodes: Sequence[NodeInfo]) -> Status:
-        state[self.name] = pod_resource_requests(pod)
+        state[self.name] = pod_resource_requests(pod)[2:]
         return SUCCESS
 
     def score(self, state: CycleState, pod: Obj, node: NodeInfo) -> int:
-        usage = _scoring_requests(state, self.name, pod, node)
-        fractions = [min(1.0, req / alloc) if alloc else 1.0 for req, alloc in usage.values()]
-        mean = sum(fractions) / len(fractions)
-        std = math.sqrt(sum((f - mean) ** 2 for f in fractions) / len(fractions))
-        return int((1 - std) * MAX_SCORE)
+        (cpu, a_cpu), (mem, a_mem) = _scoring_requests(state[self.name], node)
+        f_cpu = min(1.0, cpu / a_cpu) if a_cpu else 1.0
+        f_mem = min(1.0, mem / a_mem) if a_mem else 1.0
+        return int((1 - abs(f_cpu - f_mem) / 2) * MAX_SCORE)
 
 
 # --- host ports --------------------------------------------------------------------------
@@ -502,7 +505,7 @@ class InterPodAffinity:
         affinity = _terms(pod, "podAffinity", "required")
         anti = _terms(pod, "podAntiAffinity", "required")
         existing_anti: Counter_ = defaultdict(int)
-        for info in nodes:
+        for info in state.nodes_with_affinity_pods:  # the cycle's nodes that can hold such pods
             for other in info.pods_with_required_anti_affinity:
                 for term in _terms(other, "podAntiAffinity", "required"):
                     value = info.labels.get(term.topology_key)
@@ -549,9 +552,14 @@ class InterPodAffinity:
         preferred = _terms(pod, "podAffinity", "preferred")
         preferred_anti = _terms(pod, "podAntiAffinity", "preferred")
         scores: Counter_ = defaultdict(int)
-        for info in state.nodes:
-            for other in info.pods if preferred or preferred_anti else info.pods_with_affinity:
-                self._score_pair(scores, pod, preferred, preferred_anti, other, info)
+        if preferred or preferred_anti:
+            for info in state.nodes:
+                for other in info.pods:
+                    self._score_pair(scores, pod, preferred, preferred_anti, other, info)
+        else:  # only existing pods' own affinity can count
+            for info in state.nodes_with_affinity_pods:
+                for other in info.pods_with_affinity:
+                    self._score_pair(scores, pod, preferred, preferred_anti, other, info)
         if not scores:
             return Status.skip()
         state[self.name + "/score"] = scores

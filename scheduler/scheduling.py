@@ -53,6 +53,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import time
 from collections import defaultdict
@@ -76,6 +77,7 @@ TERMINAL = ("Succeeded", "Failed")
 BIND_ATTEMPTS = 8
 #: Events waiting to be written; beyond this they are dropped (client-go's broadcaster drops too).
 MAX_QUEUED_EVENTS = 1000
+EVENT_DROP_REPORT = 10.0  # seconds between warnings about dropped events
 
 
 def is_pending(pod: Obj) -> bool:
@@ -209,10 +211,13 @@ class SchedulingLoop:
         # node -> its ledger as this scheduler last wrote it (re-read on conflict).
         self._allocations: dict[str, NodeAllocation] = {}
         self._infos: dict[str, NodeInfo] = {}
+        self._affinity_nodes: list[NodeInfo] = []  # the infos holding pods with inter-pod affinity
         self._bound: dict[str, tuple[str, bool]] = {}  # uid -> (node, terminal), to notice moves
         self._node_signatures: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._events: asyncio.Queue[tuple[Obj, str, str, str, str]] = asyncio.Queue(MAX_QUEUED_EVENTS)
+        self._events_dropped = 0
+        self._drop_reported = -math.inf
         pods.add_listener(self._on_pod)
         nodes.add_listener(self._on_node)
 
@@ -338,6 +343,7 @@ class SchedulingLoop:
             return
         pods = self._current_pods()
         self._infos = infos = build_node_infos(self.nodes.items(), pods)
+        self._affinity_nodes = [info for info in infos.values() if info.pods_with_affinity]
         nominated = [p for p in pods if is_pending(p) and p.get("status", {}).get("nominatedNodeName")]
         for queued in batch:
             pod = self._latest(queued)
@@ -358,10 +364,12 @@ class SchedulingLoop:
             return None
         return pod
 
-    def _nodes_for(self, pod: Obj, infos: Mapping[str, NodeInfo], nominated: Sequence[Obj]) -> list[NodeInfo]:
+    def _nodes_for(self, pod: Obj, infos: Mapping[str, NodeInfo],
+                   nominated: Sequence[Obj]) -> tuple[list[NodeInfo], bool]:
         """The nodes as ``pod`` sees them: with the pods nominated there by preemption that
         are at least as important counted as if already bound (kube-scheduler's
-        RunFilterPluginsWithNominatedPods), so a lower-priority pod cannot take their room."""
+        RunFilterPluginsWithNominatedPods), so a lower-priority pod cannot take their room.
+        The flag: some are such copies rather than the pass's own NodeInfos."""
         extra: dict[str, list[Obj]] = defaultdict(list)
         for other in nominated:
             node = other["status"]["nominatedNodeName"]
@@ -370,12 +378,15 @@ class SchedulingLoop:
                     and priority(other) >= priority(pod)):
                 extra[node].append(other)
         if not extra:
-            return list(infos.values())
-        return [info.without(set(), extra[name]) if name in extra else info for name, info in infos.items()]
+            return list(infos.values()), False
+        return [info.without(set(), extra[name]) if name in extra else info for name, info in infos.items()], True
 
     async def _schedule_one(self, pod: Obj, infos: dict[str, NodeInfo], nominated: Sequence[Obj]) -> None:
         framework = self.profiles[scheduler_name(pod)]
-        decision = framework.schedule(pod, self._nodes_for(pod, infos, nominated))
+        nodes, overlaid = self._nodes_for(pod, infos, nominated)
+        # The pass's list of nodes with affinity pods holds its own NodeInfos; with nominated
+        # pods laid over copies of some, the cycle finds the list itself.
+        decision = framework.schedule(pod, nodes, None if overlaid else self._affinity_nodes)
         if decision.node is None:
             if decision.error:
                 log.error("scheduling pod %s: %s", ref(pod), decision.message)
@@ -395,7 +406,10 @@ class SchedulingLoop:
         # next pod is decided while this one's binding transaction is in flight.
         assumed = {**pod, "spec": {**pod["spec"], "nodeName": decision.node}}
         self._binding[pod["metadata"]["uid"]] = assumed
-        infos[decision.node].add_pod(assumed)
+        info = infos[decision.node]
+        info.add_pod(assumed)
+        if info.pods_with_affinity and info not in self._affinity_nodes:
+            self._affinity_nodes.append(info)
         await self._bind_slots.acquire()
         task = asyncio.get_running_loop().create_task(self._bind(framework, pod, decision),
                                                       name=f"bind {ref(pod)}")
@@ -475,7 +489,7 @@ class SchedulingLoop:
             if obj is None:
                 raise NotFoundError(f'nodes "{node}" not found')
             info = NodeInfo(obj)
-        return info.allocatable()
+        return info.allocatable
 
     # --- explaining, and preempting ----------------------------------------------------------
 
@@ -521,7 +535,13 @@ class SchedulingLoop:
         try:
             self._events.put_nowait((obj, type_, reason, message, framework.scheduler_name))
         except asyncio.QueueFull:
-            log.warning("event %s about %s dropped: %d events wait already", reason, ref(obj), MAX_QUEUED_EVENTS)
+            # Best effort, as client-go's broadcaster: dropped, and said once per EVENT_DROP_REPORT seconds.
+            self._events_dropped += 1
+            now = time.monotonic()
+            if now - self._drop_reported >= EVENT_DROP_REPORT:
+                log.warning("%d event(s) dropped (%s about %s the last): %d events wait already",
+                            self._events_dropped, reason, ref(obj), MAX_QUEUED_EVENTS)
+                self._events_dropped, self._drop_reported = 0, now
 
     async def _write_events(self) -> None:
         while True:

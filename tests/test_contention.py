@@ -180,7 +180,7 @@ def test_two_schedulers_never_overcommit_a_node_nor_bind_a_pod_twice(etcd: EtcdS
         per_node[p["spec"]["nodeName"]] += parse_cpu(p["spec"]["containers"][0]["resources"]["requests"]["cpu"])
     assert max(per_node.values()) <= parse_cpu(NODE_CPU), per_node
     infos = build_node_infos(nodes, pods)
-    assert all(info.requested_cpu <= info.allocatable()[0] for info in infos.values())
+    assert all(info.requested_cpu <= info.allocatable[0] for info in infos.values())
 
     pending = [p for p in pods if not p["spec"].get("nodeName")]
     assert len(pending) == PODS - 400 == 100
