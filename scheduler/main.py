@@ -26,6 +26,7 @@ from scheduler.events import EventRecorder
 from scheduler.informer import Informer
 from scheduler.leader import DEFAULT_LEASE_DURATION, LeaderElector, Term
 from scheduler.nodes import NodeService
+from scheduler.podcidr import DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_CIDR_MASK_SIZE, ClusterCidr
 from scheduler.registry import Registry
 from scheduler.queue import MAX_UNSCHEDULABLE_SECONDS
 from scheduler.scheduling import SchedulingLoop
@@ -67,8 +68,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pod-max-in-unschedulable-pods-duration", type=float, default=MAX_UNSCHEDULABLE_SECONDS,
                    metavar="SECONDS", help="the longest an unschedulable pod waits for a cluster event before it is "
                                            f"tried again (default {MAX_UNSCHEDULABLE_SECONDS:.0f})")
+    p.add_argument("--cluster-cidr", default=DEFAULT_CLUSTER_CIDR, metavar="CIDR",
+                   help="the IPv4 range of pod addresses; each node gets a block of it as its pod CIDR "
+                        f"(default {DEFAULT_CLUSTER_CIDR}); every scheduler of a cluster must be given the same")
+    p.add_argument("--node-cidr-mask-size", type=int, default=DEFAULT_NODE_CIDR_MASK_SIZE, metavar="BITS",
+                   help="the prefix length of each node's block: a /24 holds 253 pods, and a node's pods "
+                        f"capacity is capped at what its block holds (default {DEFAULT_NODE_CIDR_MASK_SIZE}; "
+                        "larger than the cluster CIDR's, at most 30)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    try:
+        args.cluster_cidr = ClusterCidr.parse(args.cluster_cidr, args.node_cidr_mask_size)
+    except ValueError as e:
+        p.error(str(e))
     try:
         LeaderElector.check_timings(args.leader_elect_lease_duration, args.leader_elect_renew_deadline,
                                     args.leader_elect_retry_period)
@@ -117,7 +129,7 @@ async def serve(args: argparse.Namespace) -> None:
                                        pods=pods, registry=Registry(leader_store, **admission),
                                        events=EventRecorder(leader_store, "node-controller"))
     node_service = NodeService(registry, pods, heartbeat_interval=args.heartbeat_interval, nodes=nodes,
-                               lease_duration=args.node_monitor_grace_period)
+                               lease_duration=args.node_monitor_grace_period, cluster_cidr=args.cluster_cidr)
 
     # No SO_REUSEPORT (gRPC's default): a second process on this port must fail, not share it.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -128,7 +140,8 @@ async def serve(args: argparse.Namespace) -> None:
         if server.add_insecure_port(address) == 0:
             raise SystemExit(f"cannot listen on {address}")
     await server.start()
-    log.info("serving the Cluster API and node protocol on %s (etcd %s)", args.listen, args.etcd)
+    log.info("serving the Cluster API and node protocol on %s (etcd %s; pod CIDRs: /%d blocks of %s)",
+             args.listen, args.etcd, args.cluster_cidr.mask_size, args.cluster_cidr.network)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -9,6 +9,15 @@ lifecycle controller (scheduler/controllers.py) reads the leases. Each agent hol
 ``WatchAssignments`` stream, and every message on it is the node's whole desired
 set of pods (from the pod informer), sent on any change to the node's pods and at
 least every ``resync`` seconds, so an agent that missed one converges on the next.
+
+**Pod network.** Registration gives a node its pod CIDR (scheduler/podcidr.py: a block
+of ``--cluster-cidr`` claimed in etcd in the same transaction as the Node), returned
+in ``RegisterResponse.pod_cidr``. A node left without one (no block free) is retried on
+each heartbeat, so it gets one as soon as a block frees up. Every ``Assignments``
+message also carries the node's own pod CIDR and the host-gateway routes to every
+other node's (pod CIDR → InternalIP), from the node informer; a change to any node's
+pod CIDR or InternalIP, or a node added or deleted, wakes every stream at once.
+Heartbeat-only status writes change neither, so they wake nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import json
 import logging
 import math
 import platform
+import random
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -43,6 +53,16 @@ from apimachinery.pb import node_pb2 as pb
 from apimachinery.pb import node_pb2_grpc as pb_grpc
 from apimachinery.quantity import format_cpu, format_memory
 from scheduler.informer import Informer
+from scheduler.podcidr import (
+    DEFAULT_CLUSTER_CIDR,
+    DEFAULT_NODE_CIDR_MASK_SIZE,
+    NETWORK_UNAVAILABLE,
+    ClusterCidr,
+    PodCidrAllocator,
+    parse_pod_cidr,
+    route_entry,
+    routes,
+)
 from scheduler.registry import Registry
 from scheduler.store import WatchEvent
 
@@ -51,6 +71,9 @@ log = logging.getLogger(__name__)
 #: A Node's status (lastHeartbeatTime) is rewritten at least this often while its lease is
 #: renewed every heartbeat (kubelet's nodeStatusReportFrequency is 5 minutes).
 NODE_STATUS_REFRESH = 60.0
+
+#: Node conditions the scheduler owns, not the agent: a registration keeps them.
+SERVER_OWNED_CONDITIONS = (NETWORK_UNAVAILABLE,)
 
 
 def now_micro() -> str:
@@ -79,12 +102,17 @@ def _ready_condition(status: str, reason: str, message: str) -> Obj:
 
 
 def node_from_registration(req: pb.RegisterRequest, current: Obj | None) -> Obj:
+    """The Node an agent's registration describes, on top of ``current`` (the stored one, if
+    any): the agent's status replaces the old one except for the conditions the scheduler
+    owns; the spec (pod CIDR, taints, cordon) is kept. The pod network is added by
+    ``PodCidrAllocator.assign``."""
     labels = {
         "kubernetes.io/hostname": req.node_name,
         "kubernetes.io/os": "linux",
         "kubernetes.io/arch": {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine()),
     }
     node: Obj = current or {"apiVersion": "v1", "kind": "Node", "metadata": {"name": req.node_name}, "spec": {}}
+    kept = [c for c in node.get("status", {}).get("conditions", []) if c.get("type") in SERVER_OWNED_CONDITIONS]
     md = node["metadata"]
     # Labels an admin added stay; the agent's own labels win where both set one.
     md["labels"] = {**md.get("labels", {}), **labels, **dict(req.labels)}
@@ -99,7 +127,7 @@ def node_from_registration(req: pb.RegisterRequest, current: Obj | None) -> Obj:
             "architecture": labels["kubernetes.io/arch"],
             "cgroupDriver": req.cgroup_driver,
         },
-        "conditions": [_ready_condition("True", "AgentReady", "orch-agent is posting ready status")],
+        "conditions": [_ready_condition("True", "AgentReady", "orch-agent is posting ready status"), *kept],
     }
     host, _, port = req.agent_endpoint.rpartition(":")
     if host and port.isdigit():
@@ -110,20 +138,37 @@ def node_from_registration(req: pb.RegisterRequest, current: Obj | None) -> Obj:
 
 
 class NodeService(pb_grpc.NodeServiceServicer):
+    """``nodes``: the node informer, for the routes in Assignments and to spare heartbeats
+    reads (without it, Assignments carry no routes). ``cluster_cidr``: where pod CIDRs
+    come from (default 10.244.0.0/16 in /24 blocks)."""
+
     def __init__(self, registry: Registry, pods: Informer, heartbeat_interval: int = 5,
-                 resync: float = 30.0, *, nodes: Informer | None = None, lease_duration: float = 40.0) -> None:
+                 resync: float = 30.0, *, nodes: Informer | None = None, lease_duration: float = 40.0,
+                 cluster_cidr: ClusterCidr | None = None) -> None:
         self.registry = registry
         self.store = registry.store
         self.pods = pods
         self.nodes = nodes
+        self.pod_cidrs = PodCidrAllocator(
+            self.store, cluster_cidr or ClusterCidr.parse(DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_CIDR_MASK_SIZE),
+            nodes=nodes)
         self.lease_duration = lease_duration
         # The last stored copy of each node's Lease: a renewal is one write guarded by it.
         self._leases: dict[str, Obj] = {}
         self.heartbeat_interval = heartbeat_interval
         self.resync = resync
         self._versions: dict[str, int] = defaultdict(int)
+        # Each node's (pod CIDR, InternalIP); ``_routes_version`` counts its changes, which
+        # concern every node's routes.
+        self._route_table: dict[str, tuple[str, str]] = {}
+        self._routes_version = 0
+        # Every node's route, built once per ``_routes_version``: a node change sends a
+        # message to every stream, and each takes this list less its own entry.
+        self._routes: tuple[int, list[pb.NodeRoute]] = (-1, [])
         self._changed = asyncio.Condition()
         pods.add_listener(self._on_pod_event)
+        if nodes is not None:
+            nodes.add_listener(self._on_node_event)
 
     def _on_pod_event(self, ev: WatchEvent | None) -> None:
         if ev is None:
@@ -136,30 +181,54 @@ class NodeService(pb_grpc.NodeServiceServicer):
             self._versions[node] += 1
         asyncio.get_running_loop().create_task(self._notify())
 
+    def _on_node_event(self, ev: WatchEvent | None) -> None:
+        """Wake every stream when what routes depend on changed; not on heartbeat writes."""
+        assert self.nodes is not None
+        if ev is None:
+            table = {n["metadata"]["name"]: route_entry(n) for n in self.nodes.items()}
+        else:
+            table = dict(self._route_table)
+            if ev.type == "DELETED":
+                table.pop(ev.obj["metadata"]["name"], None)
+            else:
+                table[ev.obj["metadata"]["name"]] = route_entry(ev.obj)
+        if table == self._route_table:
+            return
+        self._route_table = table
+        self._routes_version += 1
+        asyncio.get_running_loop().create_task(self._notify())
+
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
 
     async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
+        cidr = ""
         try:
-            for _ in range(8):
-                current = await self.store.get_or_none(NODE, None, request.node_name)
-                node = node_from_registration(request, current)
-                try:
-                    if current is None:
-                        await self.registry.store.create(
-                            {**node, "metadata": {**node["metadata"], "uid": str(uuid.uuid4()),
-                                                  "creationTimestamp": now_rfc3339()}})
-                    else:
-                        await self.store.update(node, current["metadata"]["resourceVersion"])
-                    break
-                except ConflictError:
-                    continue
-            log.info("node %s registered", request.node_name)
+            stored = await self.register(request)
+            cidr = str(stored.get("spec", {}).get("podCIDR") or "")
+            log.info("node %s registered (pod CIDR %s)", request.node_name, cidr or "none")
             await self.renew_lease(request.node_name)
         except OrchError as e:
             await context.abort(e.code, str(e))
-        return pb.RegisterResponse(heartbeat_interval_seconds=self.heartbeat_interval)
+        return pb.RegisterResponse(heartbeat_interval_seconds=self.heartbeat_interval, pod_cidr=cidr)
+
+    async def register(self, request: pb.RegisterRequest) -> Obj:
+        """Create or rewrite the Node, with its pod CIDR; re-read when it changed meanwhile."""
+        for attempt in range(8):
+            current = await self.store.get_or_none(NODE, None, request.node_name)
+            node = node_from_registration(request, current)
+            if current is None:
+                node["metadata"] = {**node["metadata"], "uid": str(uuid.uuid4()), "creationTimestamp": now_rfc3339()}
+            rv = 0 if current is None else int(current["metadata"]["resourceVersion"])
+            try:
+                stored = await self.pod_cidrs.assign(node, rv, write=True)
+            except (ConflictError, AlreadyExistsError):
+                await asyncio.sleep(random.uniform(0, min(0.01 * 2 ** attempt, 0.5)))
+                continue
+            assert stored is not None  # write=True always writes
+            return stored
+        raise ConflictError(f'nodes "{request.node_name}": too many concurrent writers, gave up')
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:
         def beat(node: Obj) -> Obj:
@@ -174,6 +243,8 @@ class NodeService(pb_grpc.NodeServiceServicer):
             return node
 
         try:
+            if self._needs_pod_cidr(request.node_name):
+                await self.assign_pod_cidr(request.node_name)
             if self._node_status_due(request.node_name):
                 await self.store.update_with_retry(NODE, None, request.node_name, beat)
             await self.renew_lease(request.node_name)
@@ -182,6 +253,24 @@ class NodeService(pb_grpc.NodeServiceServicer):
         except OrchError as e:
             await context.abort(e.code, str(e))
         return pb.HeartbeatResponse(known=True)
+
+    def _needs_pod_cidr(self, name: str) -> bool:
+        """Whether the node has no pod CIDR (as the cache has it; unknown: maybe)."""
+        node = self.nodes.cache.get(("", name)) if self.nodes is not None else None
+        return node is None or parse_pod_cidr(node.get("spec", {}).get("podCIDR")) is None
+
+    async def assign_pod_cidr(self, name: str) -> Obj | None:
+        """Give a registered node that has none a pod CIDR if one is free (or mark it
+        NetworkUnavailable, if it is not yet); the stored Node when it changed."""
+        for _ in range(4):
+            node = await self.store.get(NODE, None, name)
+            if parse_pod_cidr(node.get("spec", {}).get("podCIDR")) is not None:
+                return None
+            try:
+                return await self.pod_cidrs.assign(node, int(node["metadata"]["resourceVersion"]), write=False)
+            except ConflictError:
+                continue
+        raise ConflictError(f'nodes "{name}": too many concurrent writers, gave up')
 
     def _node_status_due(self, name: str) -> bool:
         """Whether this heartbeat must write the Node too: it is not Ready (in the cache),
@@ -226,22 +315,41 @@ class NodeService(pb_grpc.NodeServiceServicer):
         pods = [p for p in self.pods.items() if p["spec"].get("nodeName") == node]
         return sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"]))
 
+    def assignments(self, node: str) -> pb.Assignments:
+        """The node's whole desired state: its pods, its pod CIDR and its routes."""
+        own = self.nodes.cache.get(("", node)) if self.nodes is not None else None
+        return pb.Assignments(
+            pods_json=[json.dumps(p) for p in self._assigned(node)], resource_version=self.pods.revision,
+            routes=[r for r in self._all_routes() if r.node_name != node],
+            pod_cidr=str(parse_pod_cidr((own or {}).get("spec", {}).get("podCIDR")) or ""))
+
+    def _all_routes(self) -> list[pb.NodeRoute]:
+        if self.nodes is None:
+            return []
+        if self._routes[0] != self._routes_version:
+            self._routes = (self._routes_version, [
+                pb.NodeRoute(node_name=r.node_name, pod_cidr=r.pod_cidr, address=r.address)
+                for r in routes(self.nodes.items(), exclude="")])
+        return self._routes[1]
+
     async def WatchAssignments(self, request: pb.WatchAssignmentsRequest,
                                context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Assignments]:
         node = request.node_name
         await self.pods.synced.wait()
+        if self.nodes is not None:
+            await self.nodes.synced.wait()
         log.info("node %s opened its assignments stream", node)
         while True:
-            seen = self._versions[node]
-            yield pb.Assignments(pods_json=[json.dumps(p) for p in self._assigned(node)],
-                                 resource_version=self.pods.revision)
+            seen = (self._versions[node], self._routes_version)
+            yield self.assignments(node)
             await self._wait_for_change(node, seen)
 
-    async def _wait_for_change(self, node: str, seen: int) -> None:
-        """Until the node's pods change, or ``resync`` seconds pass (the periodic full resend)."""
+    async def _wait_for_change(self, node: str, seen: tuple[int, int]) -> None:
+        """Until the node's pods or anyone's routes change, or ``resync`` seconds pass (the
+        periodic full resend)."""
 
         def changed() -> bool:
-            return self._versions[node] != seen
+            return (self._versions[node], self._routes_version) != seen
 
         async with self._changed:
             try:

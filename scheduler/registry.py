@@ -23,9 +23,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from apimachinery.errors import ConflictError, FieldError, NotFoundError, ValidationError
+from apimachinery.errors import ConflictError, FieldError, NotFoundError, OrchError, ValidationError
 from apimachinery.meta import KINDS, NODE, POD, PRIORITY_CLASS, Kind, Obj, now_rfc3339, ref
 from apimachinery.validation import validate, validate_node_spec
+from scheduler.podcidr import release_pod_cidrs
 from scheduler.store import Store, Write
 
 log = logging.getLogger(__name__)
@@ -337,7 +338,19 @@ class Registry:
                     raise
                 continue
             log.info("deleted %s %s", kind.kind, ref(obj))
+            if kind is NODE:
+                await self._release_pod_cidrs(name)
             return obj
+
+    async def _release_pod_cidrs(self, node_name: str) -> None:
+        """Free a deleted node's pod CIDR for the next node. The Node is gone already, so a
+        failure here is no failure of the delete: the block is stale, and the next node
+        that finds no free block takes it over (scheduler/podcidr.py)."""
+        try:
+            await release_pod_cidrs(self.store, node_name)
+        except OrchError as e:
+            log.warning("node %s deleted, but its pod CIDR claim stays until a node takes it over: %s",
+                        node_name, e)
 
     async def _delete_pod(self, pod: Obj, grace: int | None) -> Obj:
         node_name = pod["spec"].get("nodeName")

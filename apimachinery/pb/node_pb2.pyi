@@ -54,10 +54,12 @@ class RegisterRequest(_message.Message):
     def __init__(self, node_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., allocatable: _Optional[_Union[Resources, _Mapping]] = ..., addresses: _Optional[_Iterable[_Union[NodeAddress, _Mapping]]] = ..., agent_version: _Optional[str] = ..., kernel_version: _Optional[str] = ..., cgroup_driver: _Optional[str] = ..., agent_endpoint: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("heartbeat_interval_seconds",)
+    __slots__ = ("heartbeat_interval_seconds", "pod_cidr")
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    POD_CIDR_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval_seconds: int
-    def __init__(self, heartbeat_interval_seconds: _Optional[int] = ...) -> None: ...
+    pod_cidr: str
+    def __init__(self, heartbeat_interval_seconds: _Optional[int] = ..., pod_cidr: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("node_name",)
@@ -77,13 +79,27 @@ class WatchAssignmentsRequest(_message.Message):
     node_name: str
     def __init__(self, node_name: _Optional[str] = ...) -> None: ...
 
+class NodeRoute(_message.Message):
+    __slots__ = ("node_name", "pod_cidr", "address")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    POD_CIDR_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    pod_cidr: str
+    address: str
+    def __init__(self, node_name: _Optional[str] = ..., pod_cidr: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
 class Assignments(_message.Message):
-    __slots__ = ("pods_json", "resource_version")
+    __slots__ = ("pods_json", "resource_version", "routes", "pod_cidr")
     PODS_JSON_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    POD_CIDR_FIELD_NUMBER: _ClassVar[int]
     pods_json: _containers.RepeatedScalarFieldContainer[str]
     resource_version: int
-    def __init__(self, pods_json: _Optional[_Iterable[str]] = ..., resource_version: _Optional[int] = ...) -> None: ...
+    routes: _containers.RepeatedCompositeFieldContainer[NodeRoute]
+    pod_cidr: str
+    def __init__(self, pods_json: _Optional[_Iterable[str]] = ..., resource_version: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[NodeRoute, _Mapping]]] = ..., pod_cidr: _Optional[str] = ...) -> None: ...
 
 class PodStatusReport(_message.Message):
     __slots__ = ("node_name", "namespace", "name", "uid", "status_json", "removed")
