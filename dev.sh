@@ -22,6 +22,8 @@ install() {
   python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv python3-dev)
   # A C compiler builds orch-monitor, the per-container supervisor (agent/runtime/monitor.c).
   command -v cc >/dev/null || missing+=(gcc libc6-dev)
+  # nftables' library: the agent publishes hostPorts with it (agent/network/hostports.py, via ctypes).
+  ldconfig -p | grep 'libnftables\.so\.1 ' >/dev/null || missing+=(libnftables1)
   if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   fi

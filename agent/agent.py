@@ -9,7 +9,18 @@ Two named loops run side by side:
   plane;
 * the **reconcile loop** wakes on every assignment and at least every second,
   reads the containers from the runtime (the disk, not memory), plans, and runs
-  each action in a worker thread (the kernel calls block), one pod at a time.
+  each action in a worker thread (the kernel calls block), one pod at a time;
+* the **network loop** (``--network bridge``) keeps the node's pod network in step
+  with the scheduler and the pods: the bridge of the node's pod CIDR, routes to the
+  other nodes' CIDRs, the hostPort table.
+
+A pod's network is attached before its first container starts (``_ensure_pod_network``:
+sandbox, then veth and address); the address is kept in the pod's record, so a
+container restart costs no netlink call and a restarted agent reports the same
+``podIP``. Each pod adopted by a restarted agent is attached once more (idempotent: a
+check that heals a half-made or missing veth). ``RemovePod`` detaches the pod before
+its sandbox goes, releasing the address; a pod that holds an address and is known to
+no one (an agent that died mid-way) is removed like a stray sandbox.
 
 Statuses are reported when they change, and all of them again after a reconnect.
 """
@@ -18,19 +29,26 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ipaddress
 import json
 import logging
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from agent.images import Image, ImageStore, parse_reference
 from agent.images.config import merge_env, resolve_argv, resolve_user, resolve_working_dir, verify_run_as_non_root
 from agent.images.errors import ContainerConfigError
+from agent.network import NetworkNotReady
+from agent.network.hostports import plan_ports
+from agent.network.node import NodeNetwork
+from agent.network.podnet import PodAddress
 from agent.probes import ContainerProbes, Kind, ProbeTracker, run_check
 from agent.reconcile import (
     Action,
@@ -47,7 +65,7 @@ from agent.reconcile import (
     uid_of,
 )
 from agent.runtime.runtime import HOST_IMAGE, ContainerConfig, ContainerState, ContainerStatus, Runtime
-from apimachinery.errors import OrchError
+from apimachinery.errors import OrchError, RuntimeError_
 from apimachinery.meta import Obj, now_rfc3339, parse_rfc3339
 from apimachinery.pb import node_pb2 as pb
 from apimachinery.pb import node_pb2_grpc as pb_grpc
@@ -59,6 +77,27 @@ log = logging.getLogger(__name__)
 AGENT_VERSION = "orch-agent/0.1.0"
 # Status reports in flight at once; each is a read and a compare-and-swap in etcd.
 REPORT_CONCURRENCY = 16
+# Seconds before a failed attach of an adopted pod is tried again.
+VERIFY_RETRY = 10.0
+NETWORK_MODES = ("bridge", "none")
+
+
+class PodSandboxError(RuntimeError_):
+    """The pod's sandbox or its network could not be made: its containers wait with this reason."""
+
+    reason = "FailedCreatePodSandBox"
+
+
+def error_text(e: BaseException) -> str:
+    """An error's message without Python's ``[Errno N]`` prefix (shown to users in pod status)."""
+    if isinstance(e, OSError) and e.strerror and e.filename is None:
+        return e.strerror
+    return str(e)
+
+
+def sandbox_identity(pod: Obj) -> tuple[str, bool]:
+    """The pod's hostname and whether it uses the host's user namespace: what its sandbox is made with."""
+    return pod["spec"].get("hostname") or pod["metadata"]["name"], pod["spec"].get("hostUsers", True) is not False
 
 
 @dataclass(slots=True)
@@ -83,6 +122,38 @@ class NodeConfig:
     # HOST:PORT reported at registration once it does.
     listen: str = "127.0.0.1:0"
     endpoint: str = ""
+    # "bridge": pods get a veth on ``bridge`` and an address of the node's pod CIDR;
+    # "none": only loopback. The CLI's default is bridge; a NodeConfig made in code
+    # touches no network unless it asks to.
+    network: str = "none"
+    bridge: str = "orch0"
+    # The node's network namespace when the agent is not in it itself (tests); None: the
+    # agent's own (in a lab, main's --netns has moved the whole process there already).
+    node_netns: Path | None = None
+
+
+def insecure_registry(host: str, insecure: Sequence[str]) -> bool:
+    """Whether the registry at ``host`` (``HOST[:PORT]``) is spoken to over plain HTTP, as
+    Docker decides: on loopback always; else when ``insecure`` (``--insecure-registry``)
+    names it as ``HOST:PORT`` or ``HOST``, or holds a CIDR its address falls in."""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]")
+    if name in ("localhost", "127.0.0.1", "::1"):
+        return True
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(name)
+    except ValueError:
+        address = None
+    for entry in insecure:
+        if entry in (host, name):
+            return True
+        if address is not None and "/" in entry:
+            try:
+                if address in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                continue
+    return False
 
 
 class Agent:
@@ -108,6 +179,24 @@ class Agent:
         # Stops wait out grace periods; many pods may stop at once, so size for that.
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="runtime")
         self.images = ImageStore(config.state_dir / "images")
+        # --- the pod network (None: --network none) ---
+        if config.network not in NETWORK_MODES:
+            raise ValueError(f"network {config.network!r}: expected one of {', '.join(NETWORK_MODES)}")
+        self.network: NodeNetwork | None = None
+        if config.network == "bridge":
+            self.network = NodeNetwork(config.state_dir / "network", bridge=config.bridge,
+                                       node_netns=config.node_netns)
+        self.net_wake = asyncio.Event()
+        # From the scheduler: this node's pod CIDR (None: not heard yet) and the routes to the others.
+        self.want_cidr: str | None = None
+        self.want_routes: dict[str, str] | None = None
+        # Pods attached (or checked) by this process -> the CIDR they were attached in.
+        self.net_verified: dict[str, str] = {}
+        self._verify_after: dict[str, float] = {}
+        self._net_errors: dict[str, str] = {}
+        self._port_problems: set[str] = set()
+        self._recall_pod_ips()
+        self.net_wake.set()  # the first pass rewrites the hostPort table from the records at once
 
     # --- records -------------------------------------------------------------
 
@@ -129,6 +218,21 @@ class Agent:
     def _drop_record(self, uid: str) -> None:
         self.records.pop(uid, None)
         (self.pods_dir / f"{uid}.json").unlink(missing_ok=True)
+
+    def _recall_pod_ips(self) -> None:
+        """Addresses of pods recorded before records kept them, from the node's address book."""
+        if self.network is None:
+            return
+        for uid, record in self.records.items():
+            if record.pod_ip is None:
+                try:
+                    address = self.network.address(uid)
+                except (OSError, ValueError) as e:
+                    log.warning("node %s: pod %s: reading its address failed: %s", self.config.name, uid, e)
+                    continue
+                if address is not None:
+                    record.pod_ip = str(address.ip)
+                    self._save_record(uid)
 
     # --- connection ----------------------------------------------------------
 
@@ -184,7 +288,9 @@ class Agent:
         try:
             stub = pb_grpc.NodeServiceStub(channel)
             reply = await stub.Register(self._registration(), timeout=10)
-            log.info("node %s: registered with %s", self.config.name, address)
+            log.info("node %s: registered with %s%s", self.config.name, address,
+                     f" (pod CIDR {reply.pod_cidr})" if reply.pod_cidr else "")
+            self._on_pod_cidr(reply.pod_cidr)
             self.stub = stub
             self.reported.clear()
             self.removed_reported.clear()
@@ -240,7 +346,128 @@ class Agent:
             desired[uid_of(pod)] = pod
         self.desired = desired
         self.have_assignments = True
+        self._on_pod_cidr(msg.pod_cidr)
+        self.want_routes = {r.pod_cidr: r.address for r in msg.routes if r.pod_cidr and r.address}
+        self.net_wake.set()
         self.wake.set()
+
+    def _on_pod_cidr(self, cidr: str) -> None:
+        """The scheduler's word on this node's pod CIDR (empty: none); the network loop acts on it."""
+        if self.network is not None and cidr != self.want_cidr:
+            self.want_cidr = cidr
+            self.net_wake.set()
+
+    # --- network -------------------------------------------------------------
+
+    async def network_loop(self, interval: float = 5.0) -> None:
+        """Keep the node's pod network converged; wakes on every hint and every ``interval``."""
+        if self.network is None:
+            return
+        while True:
+            try:
+                await asyncio.wait_for(self.net_wake.wait(), interval)
+            except TimeoutError:
+                pass
+            self.net_wake.clear()
+            await self.sync_network()
+
+    async def sync_network(self) -> None:
+        """One pass: the pod CIDR's bridge, routes, the hostPort table.
+
+        Each step is level-triggered and independent: a failure is logged (once per
+        distinct message) and tried again on the next pass; the others still run.
+        """
+        net = self.network
+        if net is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        want = self.want_cidr
+        if want is not None:
+            changed = await self._net_step("pod CIDR", loop.run_in_executor(self.pool, net.configure, want, now))
+            if changed:
+                self.wake.set()  # containers waiting with NetworkNotReady may start now
+        await self._net_step("bridge", loop.run_in_executor(self.pool, net.keep_bridge, now))
+        routes = self.want_routes
+        if routes is not None:  # only once the scheduler has said: never delete routes on a guess
+            await self._net_step("routes", loop.run_in_executor(self.pool, net.sync_routes, routes, now))
+        ports, problems = plan_ports((r.pod, r.pod_ip) for r in list(self.records.values()) if r.pod_ip)
+        for problem in sorted(set(problems) - self._port_problems):
+            log.warning("node %s: network: %s", self.config.name, problem)
+        self._port_problems = set(problems)
+        await self._net_step("hostPorts", loop.run_in_executor(self.pool, net.sync_hostports, ports, now))
+
+    async def _net_step(self, step: str, work: asyncio.Future[Any]) -> Any:
+        try:
+            result = await work
+        except (OSError, ValueError) as e:
+            self._net_log(step, f"{step}: {error_text(e)}; retrying")
+            return None
+        if self._net_errors.pop(step, None) is not None:
+            log.info("node %s: network: %s converged again", self.config.name, step)
+        return result
+
+    def _net_log(self, step: str, message: str) -> None:
+        """Log a network problem once while it lasts (a pass runs every few seconds)."""
+        if self._net_errors.get(step) != message:
+            log.error("node %s: network: %s", self.config.name, message)
+        self._net_errors[step] = message
+
+    async def _ensure_pod_network(self, uid: str, pod: Obj, record: PodRecord) -> None:
+        """The pod's sandbox and network, before its containers run: a no-op once this process has
+        attached it. NetworkNotReady without a pod CIDR; PodSandboxError when attaching fails
+        (the attach has undone itself)."""
+        net = self.network
+        if net is None:
+            return
+        cidr = net.cidr
+        if record.pod_ip and (cidr is None or self.net_verified.get(uid) == cidr):
+            # Attached by this process; or the node has lost its CIDR and the pod keeps what it has.
+            return
+        if cidr is None:
+            raise NetworkNotReady(net.why_not_ready)
+        hostname, host_users = sandbox_identity(pod)
+
+        def attach() -> PodAddress:
+            path = self.runtime.ensure_sandbox(uid, hostname, host_users=host_users)
+            return net.attach(uid, path)
+
+        try:
+            address = await asyncio.get_running_loop().run_in_executor(self.pool, attach)
+        except NetworkNotReady:
+            raise
+        except (OrchError, OSError, ValueError) as e:
+            raise PodSandboxError(f"Failed to create pod sandbox: {error_text(e)}") from e
+        self.net_verified[uid] = str(address.network)
+        if record.pod_ip != str(address.ip):
+            record.pod_ip = str(address.ip)
+            self._save_record(uid)
+            self.net_wake.set()  # its hostPorts can be published now
+
+    def _unverified(self, sandboxes: set[str], now: float) -> list[str]:
+        """Pods with a sandbox that this process has not attached yet (adopted after a restart,
+        or re-addressed after a CIDR change), due for a check."""
+        net = self.network
+        if net is None or net.cidr is None:
+            return []
+        return [uid for uid, pod in self.desired.items()
+                if uid in sandboxes and uid in self.records and uid not in self.busy
+                and not pod["metadata"].get("deletionTimestamp")
+                and self.net_verified.get(uid) != net.cidr and self._verify_after.get(uid, 0.0) <= now]
+
+    async def _verify_network(self, uid: str) -> None:
+        """Attach an adopted pod once (the pod is busy meanwhile); a failure is retried after VERIFY_RETRY."""
+        try:
+            record, pod = self.records.get(uid), self.desired.get(uid)
+            if record is not None and pod is not None:
+                await self._ensure_pod_network(uid, pod, record)
+                self._verify_after.pop(uid, None)
+        except (OrchError, OSError, ValueError) as e:
+            self._verify_after[uid] = time.time() + VERIFY_RETRY
+            log.warning("node %s: pod %s: checking its network failed: %s", self.config.name, uid, error_text(e))
+        finally:
+            self.busy.discard(uid)
+            self.wake.set()
 
     # --- reconcile -----------------------------------------------------------
 
@@ -255,6 +482,10 @@ class Agent:
             try:
                 states: list[ContainerState] = await loop.run_in_executor(self.pool, self.runtime.list)
                 sandboxes = set(await loop.run_in_executor(self.pool, self.runtime.sandbox_pod_uids))
+                # A pod holding an address counts as present too: one no longer wanted is
+                # removed (detached) like a stray sandbox.
+                present = sandboxes | (await loop.run_in_executor(self.pool, self.network.holders)
+                                       if self.network is not None else set())
             except (OrchError, OSError) as e:
                 # Level-triggered: the next pass reads the disk again. Say so loudly.
                 log.error("node %s: reading the containers failed: %s; retrying", self.config.name, e,
@@ -263,12 +494,15 @@ class Agent:
             self._states = states
             unhealthy = {cid for cid, p in self.probes.items() if p.restart_reason}
             for action in plan(self.desired, self.records, states, time.time(), self.busy, self.have_assignments,
-                               unhealthy, sandboxes):
+                               unhealthy, present):
                 if isinstance(action, RemovePod) and action.pod_uid in self.removed_reported:
                     continue  # done; the scheduler has yet to drop it from the assignments
                 self.busy.add(action.pod_uid)
                 self._tasks.add(loop.create_task(self._execute(action),
                                                  name=f"{type(action).__name__}/{action.pod_uid}"))
+            for uid in self._unverified(sandboxes, time.time()):
+                self.busy.add(uid)
+                self._tasks.add(loop.create_task(self._verify_network(uid), name=f"VerifyNetwork/{uid}"))
             self._tasks = {t for t in self._tasks if not t.done()}
             await self._report(states)
 
@@ -282,14 +516,24 @@ class Agent:
             elif isinstance(action, RemoveContainer):
                 await loop.run_in_executor(self.pool, self.runtime.remove, action.container_id)
             elif isinstance(action, RemovePod):
-                await loop.run_in_executor(self.pool, self.runtime.remove_pod, action.pod_uid)
+                await loop.run_in_executor(self.pool, self._remove_pod, action.pod_uid)
                 self._drop_record(action.pod_uid)
+                self.net_verified.pop(action.pod_uid, None)
+                self._verify_after.pop(action.pod_uid, None)
+                self.net_wake.set()  # its hostPorts go
                 await self._report_removed(action.pod_uid)
         except (OrchError, OSError) as e:
             log.error("node %s: %s failed: %s", self.config.name, action, e)
         finally:
             self.busy.discard(action.pod_uid)
             self.wake.set()
+
+    def _remove_pod(self, uid: str) -> None:
+        """Detach the pod's network (veth gone, address released), then remove its sandbox and cgroup.
+        A failed detach leaves the sandbox for the next pass to try again."""
+        if self.network is not None:
+            self.network.detach(uid, self.runtime.sandbox_netns_path(uid))
+        self.runtime.remove_pod(uid)
 
     def container_config(self, pod: Obj, container: Obj, image: Image | None = None) -> ContainerConfig:
         """The runtime's config for ``container``: Kubernetes' rules for the image's Entrypoint,
@@ -327,10 +571,11 @@ class Agent:
         cpu_limit, mem_limit = container_limits(container)
         cpu_request = container.get("resources", {}).get("requests", {}).get("cpu")
         md = pod["metadata"]
+        hostname, host_users = sandbox_identity(pod)
         return ContainerConfig(
             id=secrets.token_hex(32), pod_uid=md["uid"], pod_namespace=md["namespace"], pod_name=md["name"],
             name=container["name"], image=container["image"], argv=argv, env=env,
-            working_dir=working_dir, hostname=pod["spec"].get("hostname") or md["name"],
+            working_dir=working_dir, hostname=hostname,
             memory_limit_bytes=mem_limit, cpu_limit_millis=cpu_limit,
             cpu_request_millis=parse_cpu(cpu_request) if cpu_request is not None else None,
             pids_limit=self.config.pod_pids_limit,
@@ -339,7 +584,7 @@ class Agent:
             capabilities_add=list(caps.get("add", [])), capabilities_drop=list(caps.get("drop", [])),
             run_as_user=run_as_user, run_as_group=run_as_group,
             read_only_root_filesystem=bool(sc.get("readOnlyRootFilesystem", False)),
-            host_users=pod["spec"].get("hostUsers", True) is not False,
+            host_users=host_users,
             layer_dirs=layer_dirs,
         )
 
@@ -349,8 +594,7 @@ class Agent:
         if reference == HOST_IMAGE:
             return None
         host = parse_reference(reference).api_host
-        # Like Docker, a registry on loopback (or one named with --insecure-registry) is spoken to over HTTP.
-        insecure = host.split(":")[0] in ("localhost", "127.0.0.1", "[::1]") or host in self.config.insecure_registries
+        insecure = insecure_registry(host, self.config.insecure_registries)
         return self.images.ensure(reference, container.get("imagePullPolicy"), insecure_http=insecure)
 
     async def _start(self, action: StartContainer) -> None:
@@ -368,6 +612,8 @@ class Agent:
         spec = next(c for c in pod["spec"]["containers"] if c["name"] == action.container)
         loop = asyncio.get_running_loop()
         try:
+            # As the kubelet: the sandbox and its network first, then the image, then the container.
+            await self._ensure_pod_network(action.pod_uid, pod, record)
             image = await loop.run_in_executor(self.pool, self._ensure_image, spec)
             cfg = self.container_config(pod, spec, image)
             await loop.run_in_executor(self.pool, self.runtime.start, cfg)
@@ -375,6 +621,13 @@ class Agent:
             crec.start_failures = 0
             log.info("node %s: started container %s of pod %s/%s", self.config.name, spec["name"],
                      pod["metadata"]["namespace"], pod["metadata"]["name"])
+        except NetworkNotReady as e:
+            # Not a failure of the pod: it waits, with no back-off, and starts once the node has a
+            # pod CIDR (the network loop wakes the reconciler then).
+            if crec.last_error_reason != e.reason:
+                log.info("node %s: pod %s/%s waits: %s", self.config.name, pod["metadata"]["namespace"],
+                         pod["metadata"]["name"], error_text(e))
+            crec.last_error, crec.last_error_at, crec.last_error_reason = error_text(e), time.time(), e.reason
         except (OrchError, OSError, ValueError) as e:
             # The container was never created: nothing is left half-built, and the pod says why.
             crec.last_error, crec.last_error_at = str(e), time.time()

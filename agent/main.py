@@ -15,7 +15,9 @@ import sys
 import threading
 from pathlib import Path
 
-from agent.agent import Agent, NodeConfig
+from agent.agent import NETWORK_MODES, Agent, NodeConfig
+from agent.network import node as node_network
+from agent.network.podnet import check_bridge_name
 from agent.runtime.logs import LogPolicy
 from agent.runtime import syscalls
 from agent.runtime.runtime import Runtime
@@ -85,8 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pod-pids-limit", type=int, default=4096, help="pids.max of every container")
     p.add_argument("--labels", type=parse_labels, default={}, help="node labels k=v,k2=v2")
     p.add_argument("--address", default="127.0.0.1", help="the node's InternalIP")
-    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
-                   help="a registry to pull from over plain HTTP (loopback registries always are); repeatable")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]|CIDR",
+                   help="a registry, or a network of registries (CIDR), to pull from over plain HTTP (loopback "
+                        "registries always are), as Docker's insecure-registries; repeatable")
     p.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
                    help="where to serve container logs and exec to schedulers (default: a free port on "
                         "loopback; reported to the scheduler at registration)")
@@ -98,9 +101,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run in the network namespace at PATH (an nsfs bind mount, as `ip netns add` makes): "
                         "a lab node's own network. Entered before anything else starts, so every thread, "
                         "socket and pod network of the agent is made there")
+    p.add_argument("--network", choices=NETWORK_MODES, default="bridge",
+                   help="bridge (default): each pod gets an address of the node's pod CIDR (from the "
+                        "scheduler) on a veth in --bridge, routes reach other nodes' pods, hostPorts are "
+                        "published with nftables; none: pods have only loopback")
+    p.add_argument("--bridge", default="orch0", metavar="NAME",
+                   help="the pods' bridge in the agent's network namespace (default orch0)")
     p.add_argument("--cleanup", action="store_true",
                    help="do not run: stop every container of this node (--state-dir, --cgroup-root), remove "
-                        "their cgroups, sandboxes and state, and the cgroup root's parents that are left empty")
+                        "their cgroups, sandboxes and state, the cgroup root's parents that are left empty, "
+                        "and what the pod network made in the agent's network namespace (pods' veths, the "
+                        "bridge, the routes it owns, the hostPort nftables table)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -118,6 +129,8 @@ async def run(config: NodeConfig) -> None:
     tasks.start("connection", agent.connection_loop())
     tasks.start("reconcile", agent.reconcile_loop())
     tasks.start("probes", agent.probe_loop())
+    if agent.network is not None:
+        tasks.start("network", agent.network_loop())
     try:
         await tasks.wait(stop)
     finally:
@@ -134,11 +147,20 @@ def cleanup(state_dir: Path, cgroup_root: str) -> int:
     """Everything this node made goes: containers, shims, sandboxes, cgroups, state. For the
     node's last day (``orchctl lab down``); the agent itself must be stopped first."""
     runtime = Runtime(state_dir, cgroup_root)
+    rc = 0
     try:
         runtime.cleanup_all()
     except OrchError as e:
         log.error("cleanup of %s: %s", state_dir, e)
-        return 1
+        rc = 1
+    # After the containers: their sandboxes (and the pods' ends of the veths) are gone
+    # already. Only what the agent recorded making is touched.
+    failed = node_network.cleanup(state_dir / "network")
+    if failed:
+        log.error("cleanup of %s: pod network: %s", state_dir, "; ".join(failed))
+        rc = 1
+    if rc:
+        return rc
     # Parents of the root (a lab's orch-lab-<id>) go once no other node uses them: rmdir
     # removes only an empty cgroup.
     parts = cgroup_root.strip("/").split("/")
@@ -176,12 +198,18 @@ def main(argv: list[str] | None = None) -> int:
     except QuantityError as e:
         log.error("%s", e)
         return 2
+    try:
+        check_bridge_name(args.bridge)
+    except ValueError as e:
+        log.error("--bridge: %s", e)
+        return 2
     config = NodeConfig(name=args.node_name, schedulers=args.scheduler, state_dir=args.state_dir,
                         cgroup_root=args.cgroup_root, cpu_millis=cpu, memory_bytes=memory,
                         max_pods=args.max_pods, labels=args.labels, address=args.address,
                         pod_pids_limit=args.pod_pids_limit, reserved_cpu_millis=reserved_cpu,
                         reserved_memory_bytes=reserved_memory, listen=args.listen,
-                        insecure_registries=tuple(args.insecure_registry))
+                        insecure_registries=tuple(args.insecure_registry), network=args.network,
+                        bridge=args.bridge)
     try:
         policy = LogPolicy(parse_memory(args.container_log_max_size), args.container_log_max_files)
     except (QuantityError, ValueError) as e:

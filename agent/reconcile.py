@@ -43,11 +43,15 @@ class PodRecord:
     pod: Obj
     containers: dict[str, ContainerRecord] = field(default_factory=dict)
     start_time: str | None = None
+    # The pod's address on the node's pod network (None: not attached yet, or no network).
+    # Kept here so status needs no kernel call and survives an agent restart.
+    pod_ip: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "pod": self.pod,
             "startTime": self.start_time,
+            "podIP": self.pod_ip,
             "containers": {n: {"restartCount": c.restart_count, "lastError": c.last_error,
                                "lastErrorAt": c.last_error_at, "lastErrorReason": c.last_error_reason,
                                "startFailures": c.start_failures}
@@ -59,6 +63,7 @@ class PodRecord:
         return cls(
             pod=data["pod"],
             start_time=data.get("startTime"),
+            pod_ip=data.get("podIP"),
             containers={n: ContainerRecord(c.get("restartCount", 0), c.get("lastError"), c.get("lastErrorAt"),
                                            c.get("lastErrorReason"), c.get("startFailures", 0))
                         for n, c in data.get("containers", {}).items()},
@@ -149,9 +154,10 @@ def plan(desired: dict[str, Obj], records: dict[str, PodRecord], states: list[Co
     restarted agent never stops containers it simply has not heard about yet.
     ``unhealthy`` holds the ids of running containers whose liveness or startup probe
     failed: they are stopped (with the pod's grace period) and restart by policy.
-    ``sandboxes`` holds the uids of pods whose sandbox (namespaces) exists on the node:
-    one of a pod that is neither desired nor known otherwise (an agent that died
-    between making it and writing the pod's record) is removed too.
+    ``sandboxes`` holds the uids of pods that have something on the node besides
+    containers (a sandbox's namespaces, a network address): one of a pod that is
+    neither desired nor known otherwise (an agent that died between making it and
+    writing or after dropping the pod's record) is removed too.
     """
     by_pod: dict[str, list[ContainerState]] = {}
     for s in states:
@@ -229,6 +235,8 @@ def pod_status(pod: Obj, record: PodRecord, states: list[ContainerState], now: f
                host_ip: str | None = None, probes: dict[str, Any] | None = None) -> Obj:
     """The status this node reports for ``pod``, from its containers' states.
 
+    ``host_ip`` is the node's address (``hostIP``/``hostIPs``); the pod's own address
+    (``podIP``/``podIPs``) is the record's, once the pod's network is attached.
     ``probes`` maps a container id to its ``agent.probes.ContainerProbes``. A running
     container without an entry has had no probe run yet: it is started and ready
     only if its spec declares no startup or readiness probe.
@@ -304,6 +312,10 @@ def pod_status(pod: Obj, record: PodRecord, states: list[ContainerState], now: f
     }
     if host_ip:
         status["hostIP"] = host_ip
+        status["hostIPs"] = [{"ip": host_ip}]
+    if record.pod_ip:
+        status["podIP"] = record.pod_ip
+        status["podIPs"] = [{"ip": record.pod_ip}]
     if record.start_time:
         status["startTime"] = record.start_time
     return status

@@ -1,8 +1,11 @@
 """The node's pod network: IPAM for the node's pod CIDR, a bridge, a veth per pod,
-host-gateway routes to other nodes' pod CIDRs (pyroute2; no ``ip`` commands).
+host-gateway routes to other nodes' pod CIDRs (pyroute2; no ``ip`` commands), and
+hostPorts (nftables DNAT through libnftables).
 
 Layers, lowest first: ``netns`` (entering a network namespace by path from one
-thread), ``ipam`` (addresses on disk), ``podnet`` (the kernel steps and ``PodNetwork``).
+thread), ``ipam`` (addresses on disk), ``podnet`` (the kernel steps and ``PodNetwork``),
+``hostports`` (the nftables table of published ports), ``node`` (``NodeNetwork``: the
+agent's view, the CIDR from the scheduler, what was last applied, cleanup).
 Errors are in ``errors`` (all OSError). Every call blocks: run it in a worker thread.
 """
 
@@ -10,8 +13,11 @@ from __future__ import annotations
 
 from agent.network.errors import (
     AddressesExhausted,
+    HostPortError,
     IpamError,
     NetworkError,
+    NetworkNotReady,
+    NftablesUnavailable,
     PodNetworkError,
     RouteSyncError,
 )
@@ -28,9 +34,12 @@ from agent.network.podnet import (
 __all__ = [
     "RTPROT_ORCH",
     "AddressesExhausted",
+    "HostPortError",
     "Ipam",
     "IpamError",
     "NetworkError",
+    "NetworkNotReady",
+    "NftablesUnavailable",
     "PodAddress",
     "PodNetwork",
     "PodNetworkError",

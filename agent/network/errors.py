@@ -6,7 +6,12 @@ caller that handles kernel failures handles these too::
           ├── IpamError            the address store on disk failed
           │    └── AddressesExhausted   no free address left in the node's pod CIDR (ENOSPC)
           ├── PodNetworkError      a step of attach/detach/counters failed; ``.step`` names it
-          └── RouteSyncError       routes_to_nodes could not converge some routes
+          ├── RouteSyncError       routes_to_nodes could not converge some routes
+          ├── NetworkNotReady      the node has no pod CIDR (yet): pods cannot be attached (EAGAIN)
+          └── HostPortError        the hostPort nftables table could not be written (nft's own message)
+               └── NftablesUnavailable  libnftables is not installed (ENOPKG)
+
+``reason`` on NetworkNotReady is the waiting reason the agent shows on the pod's containers.
 """
 
 from __future__ import annotations
@@ -14,7 +19,16 @@ from __future__ import annotations
 import errno
 from ipaddress import IPv4Network
 
-__all__ = ["AddressesExhausted", "IpamError", "NetworkError", "PodNetworkError", "RouteSyncError"]
+__all__ = [
+    "AddressesExhausted",
+    "HostPortError",
+    "IpamError",
+    "NetworkError",
+    "NetworkNotReady",
+    "NftablesUnavailable",
+    "PodNetworkError",
+    "RouteSyncError",
+]
 
 
 class NetworkError(OSError):
@@ -49,3 +63,20 @@ class RouteSyncError(NetworkError):
         summary = "; ".join(f"{cidr}: {why}" for cidr, why in sorted(failed.items()))
         super().__init__(errno.EIO, f"routes to {len(failed)} pod CIDR(s) not converged: {summary}")
         self.failed = failed
+
+
+class NetworkNotReady(NetworkError):
+    """No pod can be attached yet: the node has no pod CIDR (``str`` says why)."""
+
+    reason = "NetworkNotReady"
+
+    def __init__(self, why: str) -> None:
+        super().__init__(errno.EAGAIN, f"network is not ready: {why}")
+
+
+class HostPortError(NetworkError):
+    """Writing or reading the hostPort table failed; the message is nft's, with the command."""
+
+
+class NftablesUnavailable(HostPortError):
+    """libnftables could not be loaded."""

@@ -223,6 +223,15 @@ class Ipam:
                         out[address] = owner
             return out
 
+    def holders(self) -> set[str]:
+        """Uids with a ``pods/`` file: every pod holding an address, and perhaps one that
+        only came close (a crash between the two writes; ``release`` clears it). No lock:
+        a listing, for callers that only need a hint."""
+        try:
+            return {name for name in os.listdir(self._pods) if _SAFE_UID.match(name)}
+        except FileNotFoundError:
+            return set()
+
     def _used(self) -> set[int]:
         used = set()
         for name in os.listdir(self._addresses):

@@ -44,6 +44,14 @@ pod whose namespace is already gone, is fine.
 ``RTPROT_ORCH`` (0x99) and only ever changes or deletes routes carrying that mark, so
 routes of the administrator, DHCP or the kernel are never touched.
 
+**Hairpin mode** is on for every pod's bridge port, as Kubernetes' bridge plugin has it
+(``hairpinMode``): a pod that reaches itself through the node (a hostPort on the node's
+address, DNAT'd back to the pod) needs the bridge to send the frame out of the port it
+came in by. With ``br_netfilter`` (bridge-nf-call-iptables=1, the default once the module
+is loaded) DNAT happens at the bridge and the packet is *bridged* back, so without
+hairpin it is dropped. The pod then also hears its own broadcasts; the kernel's
+enhanced DAD (nonces, RFC 7527) keeps its IPv6 link-local address from failing DAD.
+
 Kernel gotchas: the veth peer is created directly inside the pod's namespace
 (IFLA_NET_NS_FD on the peer), so the pair is never seen half-moved; deleting either
 end deletes both, and a namespace's death deletes its ends. A bridge without a MAC of
@@ -82,6 +90,7 @@ __all__ = [
     "PodNetwork",
     "RouteAction",
     "bridge_mac",
+    "check_bridge_name",
     "host_veth_name",
     "plan_routes",
 ]
@@ -167,6 +176,12 @@ def plan_routes(desired: Mapping[IPv4Network, IPv4Address],
             actions.extend(RouteAction("delete", dst, gw) for gw in have[1:])
             actions.append(RouteAction("replace", dst, want))
     return actions
+
+
+def check_bridge_name(name: str) -> None:
+    """ValueError unless the kernel would take ``name`` as an interface name."""
+    if not 0 < len(name) < IFNAMSIZ or "/" in name or name.strip() != name or any(c.isspace() for c in name):
+        raise ValueError(f"bridge name {name!r}: 1 to {IFNAMSIZ - 1} characters, no '/' or spaces")
 
 
 # ---------------------------------------------------------------- netlink plumbing
@@ -270,6 +285,15 @@ def _create_veth(ipr: IPRoute, host_ifname: str, bridge_index: int, pod_netns_fd
              peer={"ifname": POD_IFNAME, "net_ns_fd": pod_netns_fd})
 
 
+def _ensure_hairpin(ipr: IPRoute, host_ifname: str) -> None:
+    """Let the bridge send a frame back out of the port it came in by (see the module docstring)."""
+    link = _link(ipr, host_ifname)
+    if link is None:
+        raise OSError(errno.ENODEV, f"{host_ifname} disappeared")
+    if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_SLAVE_DATA", "IFLA_BRPORT_MODE") != 1:
+        ipr.brport("set", index=link["index"], mode=1)
+
+
 def _configure_eth0(ipr: IPRoute, ip: IPv4Address, prefixlen: int, gateway: IPv4Address) -> None:
     """In the pod's namespace: eth0 up, its address, the default route via the gateway."""
     index = ipr.link("get", ifname=POD_IFNAME)[0]["index"]
@@ -341,8 +365,7 @@ class PodNetwork:
 
     def __init__(self, pod_cidr: str | IPv4Network, state_dir: str | os.PathLike[str], *, bridge: str = "orch0",
                  node_netns: str | os.PathLike[str] | None = None) -> None:
-        if not 0 < len(bridge) < IFNAMSIZ or "/" in bridge or bridge.strip() != bridge:
-            raise ValueError(f"bridge name {bridge!r}: 1 to {IFNAMSIZ - 1} characters, no '/' or spaces")
+        check_bridge_name(bridge)
         self.ipam = Ipam(pod_cidr, Path(state_dir) / "ipam")
         self.bridge = bridge
         self.node_netns = node_netns
@@ -451,12 +474,15 @@ class PodNetwork:
                     if e.code != errno.EEXIST:
                         raise
                     if self._attached(node, pod, a, bridge["index"]):
+                        _ensure_hairpin(node, a.host_veth)  # pods attached before it was turned on
                         log.debug("pod %s: already attached as %s", a.pod_uid, a.ip)
                         return
                     # Half-done (a crash, a recreated sandbox): start over.
                     log.info("pod %s: incomplete network found, redoing it", a.pod_uid)
                     _delete_link(node, a.host_veth)
                     _create_veth(node, a.host_veth, bridge["index"], pod_fd)
+            with _step(a.pod_uid, f"turn on hairpin mode of bridge port {a.host_veth}"):
+                _ensure_hairpin(node, a.host_veth)
             with _step(a.pod_uid, f"configure {POD_IFNAME} ({a.cidr}, default via {a.gateway})"):
                 _configure_eth0(pod, a.ip, a.prefixlen, a.gateway)
             with _step(a.pod_uid, f"wait for {POD_IFNAME} and {a.host_veth} to be operational"):
