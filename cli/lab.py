@@ -9,6 +9,14 @@ with its own state directory and its own cgroup root ``orch-lab-<id>/<node>``.
 With several schedulers (``--schedulers N``), each listens on a port of its own and
 they elect a leader through etcd; every agent and the config get all the addresses,
 each agent starting from a different one so that the nodes spread over them.
+
+**The lab is a network** (``cli.labnet``): each node's agent runs in a network
+namespace of its own (``--netns``) with an address on the lab's /24, all of them on
+one bridge in a lab namespace, which a veth joins to the host. etcd and the
+schedulers stay in the host's namespace on loopback (orchctl and tests reach them at
+127.0.0.1); the schedulers also listen on the host end's address, which is where the
+agents dial them, and each agent listens on its node's address for the schedulers'
+log/exec proxy. ``down`` removes the namespaces and the host end with the rest.
 """
 
 from __future__ import annotations
@@ -29,14 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from apimachinery.errors import OrchError, UnavailableError
+from cli import labnet
+from cli.labnet import LabError  # defined with the network's errors, the lowest layer
 
 DEFAULT_LAB_DIR = Path("/var/lib/orch/lab")
 STATE_FILE = "lab.json"
 READY_TIMEOUT = 90.0
-
-
-class LabError(OrchError):
-    pass
 
 
 # --- processes -------------------------------------------------------------------
@@ -203,6 +209,8 @@ def up(lab_dir: Path, nodes: int, *, node_cpu: str | None = None, node_memory: s
     agents; return when every node is Ready."""
     if nodes < 1:
         raise LabError("--nodes must be at least 1")
+    if nodes > labnet.MAX_NODES:
+        raise LabError(f"--nodes: at most {labnet.MAX_NODES}, the nodes a lab's /24 has addresses for")
     if schedulers < 1:
         raise LabError("--schedulers must be at least 1")
     lab_dir = lab_dir.resolve()
@@ -240,29 +248,38 @@ def _start_all(lab_dir: Path, state: dict[str, Any], nodes: int, node_cpu: str |
     ], logs / "etcd.log")
     state["etcd"] = {**etcd, "endpoint": f"127.0.0.1:{client_port}"}
     _save_state(lab_dir, state)
+    # The network is built while etcd starts: neither waits for the other.
+    names = [f"lab-node-{i}" for i in range(1, nodes + 1)]
+    net = labnet.create(lab_dir / "netns", state["id"], names, record=lambda n: _record_network(lab_dir, state, n))
     wait_port(client_port, 30, "etcd", etcd)
 
     for i in range(1, schedulers + 1):
         name = "scheduler" if schedulers == 1 else f"scheduler-{i}"
         api_port = _free_port_not_in(state)
+        # Loopback for orchctl and the tests; the host end of the lab network for the agents.
         scheduler = spawn([
             sys.executable, "-m", "scheduler.main", "--etcd", f"127.0.0.1:{client_port}",
-            "--listen", f"127.0.0.1:{api_port}", *(scheduler_args or []),
+            "--listen", f"127.0.0.1:{api_port},{net.host_address}:{api_port}", *(scheduler_args or []),
         ], logs / f"{name}.log")
-        state["schedulers"].append({**scheduler, "name": name, "address": f"127.0.0.1:{api_port}"})
+        state["schedulers"].append({**scheduler, "name": name, "address": f"127.0.0.1:{api_port}",
+                                    "labAddress": f"{net.host_address}:{api_port}"})
         _save_state(lab_dir, state)
         wait_port(api_port, 30, f"the {name}", scheduler)
-    addresses = [s["address"] for s in state["schedulers"]]
+    addresses = [s["labAddress"] for s in state["schedulers"]]
 
-    for i in range(1, nodes + 1):
-        name = f"lab-node-{i}"
+    for i, name in enumerate(names, start=1):
         # Each node starts with a different scheduler, and fails over to the others in turn.
         start = (i - 1) % len(addresses)
+        address = net.node_address(i)
         argv = [
             sys.executable, "-m", "agent.main", "--node-name", name,
             "--scheduler", ",".join(addresses[start:] + addresses[:start]),
             "--state-dir", str(lab_dir / "nodes" / name), "--cgroup-root", f"{state['cgroupRoot']}/{name}",
             "--labels", f"orch.dev/lab={state['id']}",
+            "--netns", str(net.node_netns(name)), "--address", str(address), "--listen", f"{address}:0",
+            # A registry the host runs on its end of the lab network is spoken to over plain
+            # HTTP, as one on loopback is (the nodes' loopback is their own).
+            "--insecure-registry", str(net.subnet),
         ]
         if node_cpu:
             argv += ["--cpu", node_cpu]
@@ -270,8 +287,14 @@ def _start_all(lab_dir: Path, state: dict[str, Any], nodes: int, node_cpu: str |
             argv += ["--memory", node_memory]
         agent = spawn(argv, logs / f"{name}.log")
         state["agents"].append({**agent, "node": name, "stateDir": str(lab_dir / "nodes" / name),
-                                "cgroupRoot": f"{state['cgroupRoot']}/{name}"})
+                                "cgroupRoot": f"{state['cgroupRoot']}/{name}", "netns": str(net.node_netns(name)),
+                                "address": str(address)})
         _save_state(lab_dir, state)
+
+
+def _record_network(lab_dir: Path, state: dict[str, Any], net: labnet.LabNetwork) -> None:
+    state["network"] = net.to_state()
+    _save_state(lab_dir, state)
 
 
 def _free_port_not_in(state: dict[str, Any]) -> int:
@@ -345,8 +368,7 @@ def down(lab_dir: Path) -> None:
     # agent's runtime; it only starts and stops the lab's processes).
     failed = []
     for agent in state.get("agents", []):
-        done = subprocess.run([sys.executable, "-m", "agent.main", "--cleanup", "--state-dir", agent["stateDir"],
-                               "--cgroup-root", agent["cgroupRoot"]], capture_output=True, text=True)
+        done = subprocess.run(_cleanup_argv(agent), capture_output=True, text=True)
         if done.returncode != 0:
             failed.append(f"{agent['node']}: {done.stderr.strip()[-500:]}")
     for scheduler in _schedulers(state):
@@ -354,11 +376,26 @@ def down(lab_dir: Path) -> None:
     if "etcd" in state:
         stop(state["etcd"])
     if failed:
+        # The namespaces stay: a second `down` runs each node's cleanup in its namespace again.
         raise LabError("lab down: cleaning up node(s) failed: " + "; ".join(failed))
+    # Then the network: the host end, and every namespace file, also those a crash left unrecorded.
+    if "network" in state:
+        labnet.remove(labnet.LabNetwork.from_state(state["network"]))
+    labnet.remove_namespaces(lab_dir / "netns")
     shutil.rmtree(lab_dir, ignore_errors=True)
     if lab_dir.parent == DEFAULT_LAB_DIR.parent:
         with contextlib.suppress(OSError):
             lab_dir.parent.rmdir()  # /var/lib/orch, made by lab up, if nothing else lives there
+
+
+def _cleanup_argv(agent: dict[str, Any]) -> list[str]:
+    """The agent's ``--cleanup`` for its node, inside the node's namespace while that exists (a
+    repeated ``down`` after the namespaces went: the pods' links went with them, the rest is left)."""
+    argv = [sys.executable, "-m", "agent.main", "--cleanup", "--state-dir", agent["stateDir"],
+            "--cgroup-root", agent["cgroupRoot"]]
+    if agent.get("netns") and labnet.is_netns(agent["netns"]):
+        argv += ["--netns", agent["netns"]]
+    return argv
 
 
 def status(lab_dir: Path) -> dict[str, Any]:
@@ -370,7 +407,8 @@ def status(lab_dir: Path) -> dict[str, Any]:
     def proc_info(p: dict[str, Any]) -> dict[str, Any]:
         return {"pid": p["pid"], "alive": alive(p), "log": p["log"]}
 
-    schedulers = [{"name": s["name"], **proc_info(s), "address": s["address"]} for s in _schedulers(state)]
+    schedulers = [{"name": s["name"], **proc_info(s), "address": s["address"], "lab_address": s.get("labAddress")}
+                  for s in _schedulers(state)]
     leader = leader_of(state)
     for s in schedulers:
         s["leader"] = leader is not None and s["alive"] and s["pid"] == leader.get("pid")
@@ -381,10 +419,19 @@ def status(lab_dir: Path) -> dict[str, Any]:
         "etcd_process": proc_info(state["etcd"]) if "etcd" in state else None,
         "schedulers": schedulers,
         "leader": leader,
-        "agents": [{"node": a["node"], **proc_info(a), "state_dir": a["stateDir"], "cgroup_root": a["cgroupRoot"]}
+        "agents": [{"node": a["node"], **proc_info(a), "state_dir": a["stateDir"], "cgroup_root": a["cgroupRoot"],
+                    "netns": a.get("netns"), "address": a.get("address")}
                    for a in state.get("agents", [])],
         "cgroup_root": state.get("cgroupRoot"),
+        "network": _network_info(state.get("network")),
     }
+
+
+def _network_info(network: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not network:
+        return None
+    return {"subnet": network["subnet"], "host_interface": network["hostInterface"],
+            "host_address": network["hostAddress"], "netns": network["netns"], "bridge": network["bridge"]}
 
 
 LEADER_LEASE = ("kube-system", "orch-scheduler")  # where the schedulers' election lives

@@ -37,7 +37,7 @@ import termios
 import threading
 import time
 import tty as ttymod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rollout_restart)
 
     lab = sub.add_parser("lab", parents=[common], help="run a whole cluster on this machine",
-                         description="Start, inspect or tear down a lab cluster: etcd, a scheduler, N agents.")
+                         description="Start, inspect or tear down a lab cluster: etcd, a scheduler, N agents, "
+                                     "each agent in a network namespace of its own on a lab bridge.")
     lab_sub = lab.add_subparsers(dest="lab_command", metavar="up|down|status", required=True)
     p = lab_sub.add_parser("up", parents=[common], help="start a lab cluster and point the config at it")
     p.add_argument("--nodes", type=_positive_int, default=2, help="number of agents (default 2)")
@@ -1108,6 +1109,7 @@ def cmd_lab_up(session: Session) -> int:
     out(f"lab is up with {args.nodes} node{'s' if args.nodes != 1 else ''}"
         + (f" and {args.schedulers} schedulers" if args.schedulers > 1 else ""))
     out(printers.lab_status(status, config=str(session.config_path)))
+    _print_lab_network(status)
     if os.environ.get("ORCH_SERVER") and os.environ["ORCH_SERVER"] != server:
         err(f"warning: $ORCH_SERVER={os.environ['ORCH_SERVER']} overrides the config; unset it to use this lab")
     if not docs:
@@ -1233,7 +1235,23 @@ def cmd_lab_status(session: Session) -> int:
         out(printers.to_json(status))
     else:
         out(printers.lab_status(status))
+        _print_lab_network(status)
     return EXIT_OK
+
+
+def _print_lab_network(status: Mapping[str, Any]) -> None:
+    """The lab's network under the process table: its subnet, and each node's namespace and address."""
+    net = status.get("network")
+    if not net:
+        return  # a lab from before nodes had namespaces of their own
+    out()
+    out(f"network:  {net['subnet']} on bridge {net['bridge']} in {net['netns']}; "
+        f"host end {net['host_interface']} {net['host_address']}")
+    rows: list[printers.Row] = [["NODE", "ADDRESS", "NETNS"]]
+    for a in status.get("agents") or []:
+        rows.append([str(a.get("node")), str(a.get("address") or "-"), str(a.get("netns") or "-")])
+    out(printers.TableWriter().render(rows))
+    out("enter a node's network with: nsenter --net=NETNS (e.g. nsenter --net=NETNS ip addr)")
 
 
 # --- nodes: cordon, uncordon, drain ------------------------------------------------------

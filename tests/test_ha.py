@@ -97,9 +97,9 @@ def test_one_leader_and_killing_it_hands_over_within_the_lease_ttl(
     # The node's agent must be on the scheduler that dies: if it is on the other, that one
     # is made the leader first — the leader resigns on SIGTERM, and the other takes over.
     agent_on = wait_for(lambda: registered_with(lab), timeout=10, what="the agent's registration")[-1]
-    if first["address"] != agent_on:
+    if first["lab_address"] != agent_on:
         labmod.restart(lab.dir, first["name"], signal.SIGTERM)
-        first = found(wait_for(lambda: (lead := leader(lab)) and lead["address"] == agent_on and lead,
+        first = found(wait_for(lambda: (lead := leader(lab)) and lead["lab_address"] == agent_on and lead,
                                timeout=LEASE_TTL + 2, what="the agent's scheduler to lead after the resignation"))
     survivor = next(s for s in schedulers(lab) if s["name"] != first["name"])
     connections = len(registered_with(lab))
@@ -121,7 +121,7 @@ def test_one_leader_and_killing_it_hands_over_within_the_lease_ttl(
 
     # The node that was served by the dead scheduler is served by the survivor.
     wait_for(lambda: registered_with(lab)[connections:], timeout=10, what="the agent to register again")
-    assert registered_with(lab)[-1] == survivor["address"]
+    assert registered_with(lab)[-1] == survivor["lab_address"]
 
     # Scheduling goes on: a new pod is bound by the new leader and run by the node.
     with lab.client() as c:

@@ -1,9 +1,11 @@
-"""`orchctl lab up` / `lab down` as a user runs them: a separate lab, then not a trace of it."""
+"""`orchctl lab up` / `lab down` as a user runs them: a separate lab, then not a trace of it
+(the lab's network in detail: test_lab_network.py)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +48,12 @@ def test_lab_up_then_down_leaves_nothing_behind(tmp_path: Path) -> None:
         assert up.returncode == 0, up.stderr
         state = json.loads((lab_dir / "lab.json").read_text())
         ident = state["id"]
+        host_end = state["network"]["hostInterface"]
+        assert host_end == f"orch{ident}" and Path("/sys/class/net", host_end).exists()
+        for agent in state["agents"]:  # the output says where each node's network is and how to get in
+            assert re.search(rf"^{agent['node']}\s+{re.escape(agent['address'])}\s+{re.escape(agent['netns'])}$",
+                             up.stdout, re.M), up.stdout
+        assert "nsenter --net=" in up.stdout
         assert orchctl("apply", "-f", "-", env=env, input=yaml.safe_dump(pod)).returncode == 0
 
         def container_pids() -> list[int]:
@@ -67,5 +75,6 @@ def test_lab_up_then_down_leaves_nothing_behind(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stderr
     assert [p for p in procs if pid_alive(p)] == []
     assert lab_cgroups(ident) == []
-    assert Path("/proc/self/mountinfo").read_text().count(str(lab_dir)) == mounts_before
+    assert Path("/proc/self/mountinfo").read_text().count(str(lab_dir)) == mounts_before  # the namespaces too
+    assert not Path("/sys/class/net", host_end).exists()
     assert not lab_dir.exists()
