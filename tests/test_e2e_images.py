@@ -1,8 +1,11 @@
-"""Pods from real images on the real lab: pulled by each node from a registry on loopback,
-refused cleanly when the image cannot be had, and run with their securityContext."""
+"""Pods from real images on the real lab: pulled by each node from a registry on the lab's
+network (the host's end of it: nodes live in network namespaces of their own, where
+127.0.0.1 is the node's own loopback), refused cleanly when the image cannot be had, and
+run with their securityContext."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +16,20 @@ from agent.images.registry import push
 from tests import imagebuild as ib
 from tests.conftest import LabCluster
 from tests.helpers import container_id, wait_for
-from tests.registry_fixture import Registry, requires_registry
+from tests.registry_fixture import Registry, requires_registry, running_registry
 
 pytestmark = [requires_registry, pytest.mark.skipif(not ib.BUSYBOX.exists(), reason="needs busybox-static")]
 
 # Docker's default capability set, as /proc/PID/status prints it.
 DOCKER_DEFAULT_CAPS = 0x00000000A80425FB
+
+
+@pytest.fixture(scope="module")
+def registry(lab: LabCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A registry where the lab's nodes reach it: on the host's address on the lab network
+    (which `lab up` gives its agents as an insecure, plain-HTTP registry network)."""
+    with running_registry(tmp_path_factory.mktemp("registry"), lab.info["network"]["host_address"]) as r:
+        yield r
 
 
 @pytest.fixture(scope="module")
