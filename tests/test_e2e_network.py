@@ -254,3 +254,23 @@ def test_deleting_100_pods_frees_100_addresses_and_100_veths(netlab: LabCluster,
     wait_for(none_left, timeout=180, interval=1, what="100 pods deleted")
     wait_for(lambda: veths(path) == veths_before, timeout=30, what="their veths to go")
     assert allocated(netlab, node) == addrs_before
+
+
+def test_pods_deleted_while_their_network_is_set_up_leak_nothing(netlab: LabCluster, netns_name: str) -> None:
+    ns = netns_name
+    node = "lab-node-2"
+    path = node_netns(netlab, node)
+    veths_before, addrs_before = veths(path), allocated(netlab, node)
+    with netlab.client() as c:
+        c.apply([pod(f"brief{i}", ns, node, SLEEP) for i in range(20)])
+        # Deleted at once: some before their sandbox exists, some mid-attach, some running.
+        for i in range(20):
+            c.delete("Pod", f"brief{i}", ns, grace_period_seconds=0)
+
+    def none_left() -> bool:
+        with netlab.client() as c:
+            return not c.list("Pod", ns)[0]
+
+    wait_for(none_left, timeout=120, interval=0.5, what="the pods to go")
+    wait_for(lambda: veths(path) == veths_before, timeout=30, what="no veth left")
+    assert allocated(netlab, node) == addrs_before
