@@ -26,7 +26,7 @@ from tests.helpers import wait_for
 pytestmark = needs_root
 
 PORT = 8080
-# An echo server: one line in, "echo <line> from <hostname>" back.
+# An echo server: one line in, "echo <line> from <hostname> for <the client's address as seen>" back.
 SERVER = ["python3", "-c", """
 import socket
 s = socket.socket()
@@ -34,10 +34,10 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 8080))
 s.listen(64)
 while True:
-    c, _ = s.accept()
+    c, peer = s.accept()
     with c:
         line = c.makefile().readline().strip()
-        c.sendall(f"echo {line} from {socket.gethostname()}\\n".encode())
+        c.sendall(f"echo {line} from {socket.gethostname()} for {peer[0]}\\n".encode())
 """]
 # Connects to argv[1]:8080, sends argv[2], prints the answer.
 CLIENT = """
@@ -170,11 +170,16 @@ def test_pods_talk_tcp_across_nodes_both_ways_by_pod_ip(netlab: LabCluster, netn
         assert p["status"]["hostIP"] == node_address(netlab, node)
 
     ip_a, ip_b = pods["server-a"]["status"]["podIP"], pods["server-b"]["status"]["podIP"]
-    # A → B and B → A across nodes, node 3 → both, and on one node too.
-    assert connect_from(netlab, ns, "client-a", ip_b).endswith("from server-b")
-    assert connect_from(netlab, ns, "client-b", ip_a).endswith("from server-a")
-    assert connect_from(netlab, ns, "client-c", ip_a).endswith("from server-a")
-    assert connect_from(netlab, ns, "client-a", ip_a).endswith("from server-a")
+
+    def client_ip(name: str) -> str:
+        return str(pods[name]["status"]["podIP"])
+
+    # A → B and B → A across nodes, node 3 → node 1, and on one node too; no NAT on the
+    # way: the server sees the client pod's own address.
+    assert connect_from(netlab, ns, "client-a", ip_b).endswith(f"from server-b for {client_ip('client-a')}")
+    assert connect_from(netlab, ns, "client-b", ip_a).endswith(f"from server-a for {client_ip('client-b')}")
+    assert connect_from(netlab, ns, "client-c", ip_a).endswith(f"from server-a for {client_ip('client-c')}")
+    assert connect_from(netlab, ns, "client-a", ip_a).endswith(f"from server-a for {client_ip('client-a')}")
     # The check can fail: nothing listens on the client pods.
     code, _ = exec_out(netlab, ns, "client-a", ["python3", "-c", CLIENT, pods["client-b"]["status"]["podIP"], "x"])
     assert code != 0
@@ -198,7 +203,8 @@ def test_host_port_answers_on_the_nodes_lab_address(netlab: LabCluster, netns_na
         except OSError:
             return None
 
-    assert wait_for(ask, timeout=30, interval=0.5, what=f"{address}:{host_port}") == f"echo {token} from published"
+    answer = wait_for(ask, timeout=30, interval=0.5, what=f"{address}:{host_port}")
+    assert answer is not None and answer.startswith(f"echo {token} from published for "), answer
     # Only on node 1: node 2's address has nothing on that port.
     other = node_address(netlab, "lab-node-2")
     with pytest.raises(OSError):
@@ -220,7 +226,7 @@ def test_agent_restart_keeps_pod_addresses_and_connectivity(netlab: LabCluster, 
     # Until the restarted agents have reported again, then: same addresses, same pods.
     after = {n: running_with_ip(netlab, ns, n)["status"]["podIP"] for n in ("server", "client")}
     assert after == before
-    assert connect_from(netlab, ns, "client", before["server"]).endswith("from server")
+    assert connect_from(netlab, ns, "client", before["server"]).endswith(f"from server for {before['client']}")
 
 
 def test_deleting_100_pods_frees_100_addresses_and_100_veths(netlab: LabCluster, netns_name: str) -> None:
