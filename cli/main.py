@@ -1378,7 +1378,10 @@ def cmd_rollout_status(session: Session) -> int:
     deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
     last = ""
     while True:
-        message, done = rollout.rollout_status(client.get("Deployment", name, session.namespace))
+        try:
+            message, done = rollout.rollout_status(client.get("Deployment", name, session.namespace))
+        except rollout.RolloutError as e:
+            raise CliError(str(e)) from None
         if message != last:
             out(message)
             last = message

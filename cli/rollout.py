@@ -23,7 +23,8 @@ RESTARTED_AT_ANNOTATION = "kubectl.kubernetes.io/restartedAt"
 
 
 class RolloutError(Exception):
-    """A history request that cannot be met (no such revision, no history)."""
+    """A history request that cannot be met (no such revision, no history), or a rollout
+    that exceeded its progress deadline."""
 
 
 def _md(obj: Obj) -> dict[str, Any]:
@@ -32,11 +33,16 @@ def _md(obj: Obj) -> dict[str, Any]:
 
 
 def rollout_status(dep: Obj) -> tuple[str, bool]:
-    """kubectl's message for a Deployment's rollout, and whether it is complete."""
+    """kubectl's message for a Deployment's rollout, and whether it is complete; RolloutError
+    once the rollout exceeded its progress deadline (``Progressing`` False,
+    ``ProgressDeadlineExceeded``), as kubectl fails then."""
     name = _md(dep).get("name", "")
     spec, status = dep.get("spec") or {}, dep.get("status") or {}
     if int(_md(dep).get("generation", 1)) > int(status.get("observedGeneration", 0)):
         return "Waiting for deployment spec update to be observed...", False
+    progressing = next((c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), {})
+    if progressing.get("reason") == "ProgressDeadlineExceeded":
+        raise RolloutError(f'deployment "{name}" exceeded its progress deadline')
     replicas = int(spec.get("replicas", 1))
     updated = int(status.get("updatedReplicas", 0))
     total = int(status.get("replicas", 0))

@@ -243,7 +243,101 @@ def plan_deployment(dep: Obj, owned: list[Obj], now: float | None = None) -> Dep
         "availableReplicas": available_left,
         "unavailableReplicas": max(0, replicas - available_left),
     }
+    plan.status["conditions"], deadline_in = deployment_conditions(dep, plan.status, now)
+    if deadline_in is not None:
+        plan.recheck_in = deadline_in if plan.recheck_in is None else min(plan.recheck_in, deadline_in)
     return plan
+
+
+# Kubernetes' Deployment condition reasons (pkg/controller/deployment/util).
+NEW_RS_AVAILABLE = "NewReplicaSetAvailable"
+RS_UPDATED = "ReplicaSetUpdated"
+TIMED_OUT = "ProgressDeadlineExceeded"
+
+
+def _made_progress(before: Obj, after: Obj) -> bool:
+    """Kubernetes' DeploymentProgressing: more updated, ready or available pods than last
+    time, fewer old ones, or a spec the controller had not seen."""
+    def n(s: Obj, key: str) -> int:
+        return int(s.get(key, 0))
+
+    return (n(after, "observedGeneration") != n(before, "observedGeneration")
+            or n(after, "updatedReplicas") > n(before, "updatedReplicas")
+            or n(after, "readyReplicas") > n(before, "readyReplicas")
+            or n(after, "availableReplicas") > n(before, "availableReplicas")
+            or n(after, "replicas") - n(after, "updatedReplicas") < n(before, "replicas") - n(before, "updatedReplicas"))
+
+
+def _condition(conditions: list[Obj], kind: str, status: str, reason: str, message: str, stamp: str,
+               *, update: bool) -> Obj:
+    """The condition ``kind`` as it is to be: lastTransitionTime moves only when its status
+    changes, lastUpdateTime when ``update`` (progress made) or the reason changes."""
+    old = next((c for c in conditions if c.get("type") == kind), None)
+    same_status = old is not None and old.get("status") == status
+    same_reason = same_status and old is not None and old.get("reason") == reason
+    return {"type": kind, "status": status, "reason": reason, "message": message,
+            "lastUpdateTime": old["lastUpdateTime"] if same_reason and not update and old and old.get(
+                "lastUpdateTime") else stamp,
+            "lastTransitionTime": old["lastTransitionTime"] if same_status and old and old.get(
+                "lastTransitionTime") else stamp}
+
+
+def deployment_conditions(dep: Obj, status: Obj, now: float) -> tuple[list[Obj], float | None]:
+    """The Deployment's ``Available`` and ``Progressing`` conditions for ``status`` (what the
+    controller is about to write), as Kubernetes' Deployment controller sets them, and the
+    seconds until the progress deadline passes (None: no deadline pending).
+
+    ``Available``: at least ``replicas - maxUnavailable`` pods available. ``Progressing``:
+    True/NewReplicaSetAvailable once the rollout is complete; True/ReplicaSetUpdated, its
+    lastUpdateTime moved, whenever the rollout made progress; False/ProgressDeadlineExceeded
+    once ``progressDeadlineSeconds`` (default 600) passed since the last progress.
+    """
+    spec = dep["spec"]
+    name = dep["metadata"]["name"]
+    before = dep.get("status") or {}
+    conditions: list[Obj] = list(before.get("conditions") or [])
+    stamp = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    replicas = int(spec.get("replicas", 1))
+    strategy = spec.get("strategy") or {}
+    if strategy.get("type") == "Recreate" or replicas == 0:
+        max_unavailable = 0
+    else:
+        max_unavailable = resolve_fenceposts(strategy.get("rollingUpdate"), replicas)[1]
+    if status["availableReplicas"] >= replicas - max_unavailable:
+        available = _condition(conditions, "Available", "True", "MinimumReplicasAvailable",
+                               "Deployment has minimum availability.", stamp, update=False)
+    else:
+        available = _condition(conditions, "Available", "False", "MinimumReplicasUnavailable",
+                               "Deployment does not have minimum availability.", stamp, update=False)
+
+    deadline = int(spec.get("progressDeadlineSeconds", 600))
+    complete = (status["updatedReplicas"] == replicas and status["replicas"] == replicas
+                and status["availableReplicas"] == replicas)
+    old = next((c for c in conditions if c.get("type") == "Progressing"), None)
+    deadline_in: float | None = None
+    if complete:
+        progressing = _condition(conditions, "Progressing", "True", NEW_RS_AVAILABLE,
+                                 f'Deployment "{name}" has successfully progressed.', stamp, update=False)
+    elif old is None or _made_progress(before, status):
+        progressing = _condition(conditions, "Progressing", "True", RS_UPDATED,
+                                 f'Deployment "{name}" is progressing.', stamp, update=True)
+        deadline_in = float(deadline)
+    elif old.get("reason") in (TIMED_OUT, NEW_RS_AVAILABLE):
+        # Timed out stays so until progress resumes; a rollout that completed does not time
+        # out again (a pod lost later is Available's business) until the next rollout.
+        progressing = old
+    else:
+        last = _parse_time(str(old.get("lastUpdateTime", ""))) or datetime.datetime.fromtimestamp(now, datetime.UTC)
+        left = deadline - (now - last.timestamp())
+        if left <= 0:
+            progressing = _condition(conditions, "Progressing", "False", TIMED_OUT,
+                                     f'Deployment "{name}" has timed out progressing.', stamp, update=True)
+        else:
+            progressing = {**old, "status": "True", "reason": RS_UPDATED,
+                           "message": f'Deployment "{name}" is progressing.'}
+            deadline_in = left
+    others = [c for c in conditions if c.get("type") not in ("Available", "Progressing")]
+    return [available, progressing, *others], deadline_in
 
 
 def pod_from_template(dep: Obj, revision: int | None = None) -> Obj:

@@ -14,6 +14,7 @@ from apimachinery.labels import selector_from_label_selector
 from apimachinery.validation import validate
 from scheduler.controllers import (
     TEMPLATE_HASH_LABEL,
+    deployment_conditions,
     plan_deployment,
     pod_from_template,
     template_hash,
@@ -232,7 +233,7 @@ def test_status_counts() -> None:
     plan = plan_deployment(dep, pods)
     assert plan.create == 1
     assert plan.delete == []  # 3 ready, and 4 - 1 unavailable = 3 must stay ready
-    assert plan.status == {
+    assert {k: v for k, v in plan.status.items() if k != "conditions"} == {
         "observedGeneration": 5,
         "replicas": 4,  # every pod not being deleted, the outdated one included
         "updatedReplicas": 3,
@@ -244,7 +245,7 @@ def test_status_counts() -> None:
 
 def test_status_of_a_fresh_deployment() -> None:
     dep = make_deployment(3)
-    assert plan_deployment(dep, []).status == {
+    assert {k: v for k, v in plan_deployment(dep, []).status.items() if k != "conditions"} == {
         "observedGeneration": 1, "replicas": 0, "updatedReplicas": 0,
         "readyReplicas": 0, "availableReplicas": 0, "unavailableReplicas": 3,
     }
@@ -421,3 +422,81 @@ def test_pods_carry_their_revision() -> None:
 
     dep = make_deployment(1)
     assert validate(pod_from_template(dep, 4))["metadata"]["annotations"] == {"team": "blue", REVISION_ANNOTATION: "4"}
+
+
+# --- conditions: Available and Progressing, as Kubernetes' Deployment controller sets them ---
+
+T0 = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC).timestamp()
+
+
+def conditions_by_type(status: Obj) -> dict[str, Obj]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def test_a_complete_rollout_is_available_and_has_successfully_progressed() -> None:
+    dep = make_deployment(3)
+    plan = plan_deployment(dep, [owned_pod(dep) for _ in range(3)], now=T0)
+    cond = conditions_by_type(plan.status)
+    assert (cond["Available"]["status"], cond["Available"]["reason"]) == ("True", "MinimumReplicasAvailable")
+    assert (cond["Progressing"]["status"], cond["Progressing"]["reason"]) == ("True", "NewReplicaSetAvailable")
+    assert cond["Progressing"]["message"] == 'Deployment "web" has successfully progressed.'
+
+
+def test_progress_moves_last_update_time_and_a_stalled_rollout_times_out_after_the_deadline() -> None:
+    dep = make_deployment(2)
+    dep["spec"]["progressDeadlineSeconds"] = 30
+    stuck = [owned_pod(dep, ready=False) for _ in range(2)]
+    first = plan_deployment(dep, stuck, now=T0)
+    progressing = conditions_by_type(first.status)["Progressing"]
+    assert (progressing["status"], progressing["reason"]) == ("True", "ReplicaSetUpdated")
+    assert conditions_by_type(first.status)["Available"]["status"] == "False"  # 0 of 2, maxUnavailable 0
+    assert first.recheck_in == 30  # the controller looks again when the deadline passes
+
+    dep["status"] = first.status
+    later = plan_deployment(dep, stuck, now=T0 + 20)  # no progress, within the deadline
+    assert conditions_by_type(later.status)["Progressing"] == progressing
+    assert later.recheck_in == 10
+
+    dep["status"] = later.status
+    late = plan_deployment(dep, stuck, now=T0 + 31)
+    timed_out = conditions_by_type(late.status)["Progressing"]
+    assert (timed_out["status"], timed_out["reason"]) == ("False", "ProgressDeadlineExceeded")
+    assert timed_out["message"] == 'Deployment "web" has timed out progressing.'
+    assert timed_out["lastTransitionTime"] == "2024-05-01T12:00:31Z"
+
+    # It stays timed out until progress resumes: a pod becoming ready is progress.
+    dep["status"] = late.status
+    assert conditions_by_type(plan_deployment(dep, stuck, now=T0 + 100).status)["Progressing"] == timed_out
+    better = [owned_pod(dep), stuck[1]]
+    resumed = conditions_by_type(plan_deployment(dep, better, now=T0 + 101).status)["Progressing"]
+    assert (resumed["status"], resumed["reason"]) == ("True", "ReplicaSetUpdated")
+    assert resumed["lastUpdateTime"] == "2024-05-01T12:01:41Z"
+
+
+def test_a_completed_rollout_does_not_time_out_when_a_pod_is_lost_later() -> None:
+    dep = make_deployment(2)
+    dep["spec"]["progressDeadlineSeconds"] = 5
+    done = plan_deployment(dep, [owned_pod(dep), owned_pod(dep)], now=T0)
+    dep["status"] = done.status
+    one_lost = plan_deployment(dep, [owned_pod(dep), owned_pod(dep, ready=False)], now=T0 + 60)
+    cond = conditions_by_type(one_lost.status)
+    assert cond["Progressing"]["reason"] == "NewReplicaSetAvailable"
+    # maxUnavailable 25% of 2 rounds down to 0: with one pod lost the Deployment is not available.
+    assert (cond["Available"]["status"], cond["Available"]["reason"]) == ("False", "MinimumReplicasUnavailable")
+
+
+def test_conditions_do_not_change_when_nothing_does() -> None:
+    dep = make_deployment(3)
+    pods = [owned_pod(dep) for _ in range(3)]
+    dep["status"] = plan_deployment(dep, pods, now=T0).status
+    assert plan_deployment(dep, pods, now=T0 + 3600).status == dep["status"]  # no write, no churn
+
+
+def test_deployment_conditions_directly() -> None:
+    dep = make_deployment(4)
+    status = {"observedGeneration": 1, "replicas": 4, "updatedReplicas": 4, "readyReplicas": 3,
+              "availableReplicas": 3, "unavailableReplicas": 1}
+    conditions, deadline_in = deployment_conditions(dep, status, T0)
+    by_type = {c["type"]: c for c in conditions}
+    assert by_type["Available"]["status"] == "True"  # 3 >= 4 - 1
+    assert by_type["Progressing"]["reason"] == "ReplicaSetUpdated" and deadline_in == 600

@@ -156,3 +156,27 @@ def test_scale_and_restart(lab: LabCluster, ns: str, capsys: pytest.CaptureFixtu
     assert lab.orchctl("-n", ns, "scale", "pod/x", "--replicas", "1") == 2
     assert lab.orchctl("-n", ns, "rollout", "status", "deployment/nope") == 1
     capsys.readouterr()
+
+
+def test_a_rollout_that_cannot_progress_exceeds_its_deadline_and_rollout_status_says_so(
+        lab: LabCluster, ns: str, capsys: pytest.CaptureFixture[str]) -> None:
+    dep = deployment(ns, "600")
+    dep["spec"]["progressDeadlineSeconds"] = 3
+    probe = dep["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    probe["exec"]["command"] = ["/bin/false"]  # never Ready: the rollout cannot progress
+    with lab.client() as c:
+        c.apply([dep])
+
+    def condition() -> dict[str, Any] | None:
+        with lab.client() as c:
+            status = c.get("Deployment", "web", ns).get("status", {})
+        cond = {c["type"]: c for c in status.get("conditions", [])}
+        progressing = cond.get("Progressing", {})
+        return cond if progressing.get("reason") == "ProgressDeadlineExceeded" else None
+
+    cond = wait_for(condition, timeout=60, what="Progressing=False, ProgressDeadlineExceeded")
+    assert cond["Progressing"]["status"] == "False"
+    assert (cond["Available"]["status"], cond["Available"]["reason"]) == ("False", "MinimumReplicasUnavailable")
+    capsys.readouterr()
+    assert lab.orchctl("-n", ns, "rollout", "status", "deployment/web", "--timeout", "30s") == 1
+    assert 'deployment "web" exceeded its progress deadline' in capsys.readouterr().err

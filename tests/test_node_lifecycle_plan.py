@@ -5,7 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
+
 from cli.rollout import (
+    RolloutError,
     choose_revision,
     drain_plan,
     history_table,
@@ -185,6 +188,10 @@ def test_rollout_status_says_what_it_waits_for_as_kubectl() -> None:
         'Waiting for deployment "web" rollout to finish: 2 of 3 updated replicas are available...')
     assert rollout_status(dep_with({**base, "updatedReplicas": 3, "replicas": 3, "availableReplicas": 3})) == (
         'deployment "web" successfully rolled out', True)
+    timed_out = {**base, "updatedReplicas": 1, "replicas": 3, "conditions": [
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]}
+    with pytest.raises(RolloutError, match='deployment "web" exceeded its progress deadline'):
+        rollout_status(dep_with(timed_out))
 
 
 def test_undo_picks_the_previous_revision_or_the_one_asked_for() -> None:
@@ -200,7 +207,6 @@ def test_undo_picks_the_previous_revision_or_the_one_asked_for() -> None:
     assert choose_revision(dep, revisions, 1)["revision"] == 1
     import pytest
 
-    from cli.rollout import RolloutError
 
     with pytest.raises(RolloutError, match="unable to find specified revision 9"):
         choose_revision(dep, revisions, 9)
