@@ -71,7 +71,8 @@ def parse_addresses(text: str) -> tuple[str, ...]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="orch-agent", description=__doc__)
-    p.add_argument("--node-name", default=socket.gethostname(), help="this node's name (default: hostname)")
+    p.add_argument("--node-name", default=socket.gethostname().lower(),
+                   help="this node's name (default: the hostname in lower case, as kubelet takes it)")
     p.add_argument("--scheduler", type=parse_addresses, default=("127.0.0.1:6443",), metavar="HOST:PORT[,...]",
                    help="the schedulers' gRPC addresses, comma-separated: the agent uses one and moves to "
                         "the next when it fails (default 127.0.0.1:6443)")

@@ -1049,6 +1049,18 @@ _NODE_SPEC_FIELDS: dict[str, Check] = {
 }
 
 
+def validate_node_identity(name: Any, labels: Any) -> None:
+    """A registering node's name (a DNS subdomain, as any object name) and labels, checked
+    before its Node is written; a ValidationError naming ``metadata.name`` / ``metadata.labels``.
+    The name also becomes an etcd key segment (its lease, its allocation ledger), so
+    nothing like ``a/b`` may pass."""
+    errors = _Errors()
+    _fields(errors, {"name": name, "labels": labels}, "metadata",
+            {"name": _METADATA_FIELDS["name"], "labels": _labels}, required=("name",))
+    if errors.items:
+        raise ValidationError(errors.items)
+
+
 def validate_node_spec(spec: Any) -> dict[str, Any]:
     """Validate a Node's ``spec`` (taints, unschedulable) whole, for whatever writes one
     (cordon, taint, registration); a new dict, or a ValidationError naming ``spec.…`` paths."""

@@ -52,6 +52,7 @@ from apimachinery.meta import (
 from apimachinery.pb import node_pb2 as pb
 from apimachinery.pb import node_pb2_grpc as pb_grpc
 from apimachinery.quantity import format_cpu, format_memory
+from apimachinery.validation import validate_node_identity
 from scheduler.informer import Informer
 from scheduler.podcidr import (
     DEFAULT_CLUSTER_CIDR,
@@ -214,7 +215,9 @@ class NodeService(pb_grpc.NodeServiceServicer):
         return pb.RegisterResponse(heartbeat_interval_seconds=self.heartbeat_interval, pod_cidr=cidr)
 
     async def register(self, request: pb.RegisterRequest) -> Obj:
-        """Create or rewrite the Node, with its pod CIDR; re-read when it changed meanwhile."""
+        """Create or rewrite the Node, with its pod CIDR; re-read when it changed meanwhile.
+        A node name or label Kubernetes would refuse is refused (INVALID_ARGUMENT)."""
+        validate_node_identity(request.node_name, dict(request.labels))
         for attempt in range(8):
             current = await self.store.get_or_none(NODE, None, request.node_name)
             node = node_from_registration(request, current)

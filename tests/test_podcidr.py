@@ -391,3 +391,22 @@ def test_assignments_carry_the_other_nodes_routes_and_change_with_the_nodes(etcd
                 stream.cancel()
 
     run(body())
+
+
+def test_a_node_name_or_label_kubernetes_would_refuse_is_refused_and_writes_nothing(etcd: EtcdServer) -> None:
+    async def body() -> None:
+        async with replica(etcd, "/bad-names", ClusterCidr.parse("10.244.0.0/16", 24)) as r:
+            for name, labels, field in [("a/b", {}, "metadata.name"), ("UPPER", {}, "metadata.name"),
+                                        ("ok", {"a/b/c": "x"}, "metadata.labels")]:
+                req = registration(name)
+                req.labels.update(labels)
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await r.stub.Register(req, timeout=10)
+                assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert field in (e.value.details() or "")
+            items, _ = await r.store.list(NODE)
+            assert items == []
+            claims = await r.store.client.get_prefix(b"/bad-names/podcidrs/")
+            assert list(claims) == []
+
+    run(body())
