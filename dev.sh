@@ -40,16 +40,19 @@ install() {
 
 # Debian packages the tests use for real parts: busybox-static (the test image's binary),
 # docker-registry (a real OCI registry on loopback), zstd (zstd-compressed layers),
-# iproute2 (`ip`, to set up a test's own network namespace; minimal images lack it).
+# iproute2 (`ip`, to set up a test's own network namespace; minimal images lack it),
+# prometheus (a real Prometheus server and promtool, for the metrics tests).
 test_packages() {
   local missing=()
   command -v ip >/dev/null || missing+=(iproute2)
   [ -x /bin/busybox ] || missing+=(busybox-static)
   [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
   command -v zstd >/dev/null || missing+=(zstd)
+  { command -v prometheus && command -v promtool; } >/dev/null || missing+=(prometheus)
   if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
-    # policy-rc.d keeps the packaged registry service from starting: the tests run their own.
+    # policy-rc.d keeps the packaged registry and Prometheus services from starting: the
+    # tests run their own.
     local own_policy=""
     if [ ! -e /usr/sbin/policy-rc.d ]; then
       printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
