@@ -19,6 +19,11 @@ the driver the Runtime was given.
 
 Errors are ``OSError`` with the kernel's errno and the file named, as for
 syscalls; callers above translate them into ``RuntimeError_``.
+
+Reading usage (``CgroupDriver.stats`` -> ``CgroupStats``) is read-only and
+follows cAdvisor's rules, so the agent's ``/metrics`` means what kubelet's does;
+a file that is missing (controller not mounted or not enabled, cgroup removed
+meanwhile) leaves its figures ``None`` instead of failing.
 """
 
 from __future__ import annotations
@@ -30,19 +35,21 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "CPU_PERIOD_US",
     "CgroupDriver",
+    "CgroupStats",
     "Limits",
     "OomEvidence",
     "V1Driver",
     "V2Driver",
     "cpu_shares",
     "cpu_weight",
+    "cpu_weight_to_shares",
     "detect_driver",
     "driver_from_spec",
     "fs_type",
@@ -91,6 +98,17 @@ def cpu_shares(millis: int) -> int:
 def cpu_weight(millis: int) -> int:
     """v2 ``cpu.weight`` for a CPU request: the kubelet's linear map of shares [2, 262144] onto [1, 10000]."""
     return 1 + ((cpu_shares(millis) - MIN_SHARES) * 9999) // (MAX_SHARES - MIN_SHARES)
+
+
+def cpu_weight_to_shares(weight: int) -> int:
+    """v1-style shares for a v2 ``cpu.weight``: cAdvisor's inverse map of [1, 10000] onto [2, 262144].
+
+    Not an exact inverse of ``cpu_weight`` (integer division both ways): a 1000m
+    request gives weight 39, read back as 998 shares, which is what cAdvisor reports too.
+    """
+    if not 1 <= weight <= 10_000:
+        raise ValueError(f"cpu.weight must be within [1, 10000]: {weight}")
+    return MIN_SHARES + (weight - 1) * (MAX_SHARES - MIN_SHARES) // 9999
 
 
 def cpu_quota_us(millis: int, period_us: int = CPU_PERIOD_US) -> int:
@@ -154,6 +172,86 @@ def _read_keyed(path: Path) -> dict[str, int]:
         if len(parts) == 2 and parts[1].lstrip("-").isdigit():
             out[parts[0]] = int(parts[1])
     return out
+
+
+#: The memory.stat keys ``stats`` uses: v1 (hierarchical ``total_*``, plain on old kernels), v2.
+_V1_MEMORY_KEYS = frozenset({b"total_rss", b"rss", b"total_cache", b"cache", b"total_inactive_file",
+                             b"inactive_file"})
+_V2_MEMORY_KEYS = frozenset({b"anon", b"file", b"inactive_file"})
+#: v1 cpuacct.stat counts USER_HZ ticks (sysconf CLK_TCK, 100 on Linux).
+_USER_HZ = os.sysconf("SC_CLK_TCK")
+#: One read(2) takes a whole stat file (v1 memory.stat is ~1.5 KiB); bigger ones loop.
+_STAT_READ_SIZE = 16384
+#: A file that vanished with its cgroup, or a controller that is not there: no figure.
+_ABSENT_ERRNOS = (errno.ENOENT, errno.ENODEV)
+
+
+def _read_opt(path: str) -> bytes | None:
+    """A cgroup file's bytes, or None if it is not there (see ``_ABSENT_ERRNOS``).
+
+    os.open/os.read rather than a buffered file object: a scrape reads a dozen
+    files per cgroup. Gotcha: cgroupfs files are seq_files, which fill the
+    caller's buffer as far as they can, so a short read is the end of the file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in _ABSENT_ERRNOS:
+            return None
+        raise OSError(e.errno, f"open {path}: {e.strerror}") from e
+    try:
+        data = os.read(fd, _STAT_READ_SIZE)
+        if len(data) == _STAT_READ_SIZE:
+            chunks = [data]
+            while chunk := os.read(fd, _STAT_READ_SIZE):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        return data
+    except OSError as e:
+        if e.errno in _ABSENT_ERRNOS:
+            return None
+        raise OSError(e.errno, f"read {path}: {e.strerror}") from e
+    finally:
+        os.close(fd)
+
+
+def _opt_int(data: bytes | None) -> int | None:
+    """A single-number file (``memory.current``, ``cpu.shares``); None if absent or not a number."""
+    if data is None:
+        return None
+    try:
+        return int(data)
+    except ValueError:
+        return None
+
+
+def _keyed_bytes(data: bytes | None, wanted: frozenset[bytes] | None = None) -> dict[str, int]:
+    """``key value`` lines (``cpu.stat``, ``memory.stat``, ``memory.events``) -> {key: value};
+    only the ``wanted`` keys if given (memory.stat has dozens, a scrape needs three)."""
+    out: dict[str, int] = {}
+    if data is None:
+        return out
+    for line in data.split(b"\n"):
+        key, _, value = line.partition(b" ")
+        if wanted is not None and key not in wanted:
+            continue
+        try:
+            out[key.decode()] = int(value)
+        except ValueError:
+            continue
+    return out
+
+
+def _count_ids(data: bytes | None) -> int | None:
+    """How many pids (or tids) a ``cgroup.procs``/``tasks``/``cgroup.threads`` file lists."""
+    return None if data is None else len(data.split())
+
+
+def _working_set(usage: int | None, inactive_file: int | None) -> int | None:
+    """cAdvisor's working set: usage minus the inactive page cache (reclaimable first), never below 0."""
+    if usage is None:
+        return None
+    return max(0, usage - (inactive_file or 0))
 
 
 def _check_relative(path: str) -> str:
@@ -228,6 +326,57 @@ class OomEvidence:
     failcnt: Path | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class CgroupStats:
+    """What one cgroup uses and is limited to, read at one moment, in cAdvisor's units and rules.
+
+    ``None`` means the figure could not be read here (its controller is not
+    mounted or enabled, or the cgroup was removed while being read); the same
+    fields mean the same on v1 and v2:
+
+    * CPU time in seconds; ``cfs_*`` are the CFS bandwidth counters
+      (periods elapsed, periods throttled, time throttled);
+    * ``memory_usage_bytes`` is all charged memory, page cache included;
+      ``memory_working_set_bytes`` is that minus the inactive file cache, the
+      figure the OOM killer and kubelet's eviction look at;
+      ``memory_rss_bytes`` is anonymous memory, ``memory_cache_bytes`` page cache;
+    * ``memory_failcnt``: times usage hit the limit (v1 ``memory.failcnt``; v2
+      has no such file and cAdvisor reports 0 there, so do we);
+    * ``oom_kills``: processes the kernel OOM-killed in this cgroup;
+    * ``memory_limit_bytes`` 0 and ``cpu_quota_us`` 0 mean unlimited, as in
+      cAdvisor's spec; ``cpu_shares`` is v1 shares (v2 weight mapped back);
+    * ``processes``: pids in this very cgroup's ``cgroup.procs`` (not below it,
+      as cAdvisor counts); ``threads``: ``pids.current`` (this cgroup and below),
+      or, without a pids controller, the tasks listed in this cgroup.
+    """
+
+    cpu_usage_seconds: float | None = None
+    cpu_user_seconds: float | None = None
+    cpu_system_seconds: float | None = None
+    cfs_periods: int | None = None
+    cfs_throttled_periods: int | None = None
+    cfs_throttled_seconds: float | None = None
+    memory_usage_bytes: int | None = None
+    memory_working_set_bytes: int | None = None
+    memory_rss_bytes: int | None = None
+    memory_cache_bytes: int | None = None
+    memory_failcnt: int | None = None
+    oom_kills: int | None = None
+    memory_limit_bytes: int | None = None
+    cpu_quota_us: int | None = None
+    cpu_period_us: int | None = None
+    cpu_shares: int | None = None
+    processes: int | None = None
+    threads: int | None = None
+
+    def found(self) -> bool:
+        """Whether anything at all was read (False: the cgroup is not there)."""
+        return any(getattr(self, name) is not None for name in _STAT_FIELDS)
+
+
+_STAT_FIELDS = tuple(f.name for f in fields(CgroupStats))
+
+
 class CgroupDriver(abc.ABC):
     """What the runtime needs from a cgroup hierarchy, v1 or v2.
 
@@ -257,6 +406,14 @@ class CgroupDriver(abc.ABC):
     @abc.abstractmethod
     def oom_evidence(self, path: str) -> OomEvidence:
         """The files that tell whether the kernel OOM-killed a process of this cgroup."""
+
+    @abc.abstractmethod
+    def stats(self, path: str) -> CgroupStats:
+        """Usage, limits and process counts of ``path`` now; read-only, missing files leave ``None``."""
+
+    @abc.abstractmethod
+    def stat_files(self, path: str) -> list[str]:
+        """Every file ``stats`` reads for ``path`` (absolute), for comparing its cost with plain reads."""
 
     def oom_killed(self, path: str, *, sigkilled: bool = True) -> bool:
         """Whether the kernel OOM-killed a process of this cgroup.
@@ -432,6 +589,60 @@ class V1Driver(CgroupDriver):
         d = Path(self.paths(path)["memory"])
         return OomEvidence(events=d / "memory.oom_control", failcnt=d / "memory.failcnt")
 
+    #: (controller, file) that ``stats`` reads; ``tasks`` only without a pids hierarchy.
+    _STAT_FILES = (
+        ("cpuacct", "cpuacct.usage"), ("cpuacct", "cpuacct.stat"), ("cpu", "cpu.stat"),
+        ("cpu", "cpu.cfs_quota_us"), ("cpu", "cpu.cfs_period_us"), ("cpu", "cpu.shares"), ("cpu", "cgroup.procs"),
+        ("memory", "memory.usage_in_bytes"), ("memory", "memory.stat"), ("memory", "memory.failcnt"),
+        ("memory", "memory.oom_control"), ("memory", "memory.limit_in_bytes"), ("pids", "pids.current"),
+    )
+
+    def stat_files(self, path: str) -> list[str]:
+        dirs = self.paths(path)
+        files = [f"{dirs[c]}/{name}" for c, name in self._STAT_FILES if c in dirs]
+        if "pids" not in dirs:
+            files.append(f"{dirs['cpu']}/tasks")
+        return files
+
+    def stats(self, path: str) -> CgroupStats:
+        """cAdvisor's v1 sources: cpuacct for CPU time, ``cpu.stat`` for CFS, the
+        hierarchical ``total_*`` keys of ``memory.stat`` (plain keys on kernels
+        without them), ``oom_kill`` of ``memory.oom_control`` (Linux 4.13+)."""
+        dirs = self.paths(path)
+        cpu, mem = dirs["cpu"], dirs["memory"]
+        acct, pids = dirs.get("cpuacct"), dirs.get("pids")
+        usage_ns = _opt_int(_read_opt(f"{acct}/cpuacct.usage")) if acct else None
+        ticks = _keyed_bytes(_read_opt(f"{acct}/cpuacct.stat")) if acct else {}
+        cfs = _keyed_bytes(_read_opt(f"{cpu}/cpu.stat"))
+        quota = _opt_int(_read_opt(f"{cpu}/cpu.cfs_quota_us"))
+        usage = _opt_int(_read_opt(f"{mem}/memory.usage_in_bytes"))
+        mstat = _keyed_bytes(_read_opt(f"{mem}/memory.stat"), _V1_MEMORY_KEYS)
+        limit = _opt_int(_read_opt(f"{mem}/memory.limit_in_bytes"))
+        throttled_ns = cfs.get("throttled_time")
+        threads = (_opt_int(_read_opt(f"{pids}/pids.current")) if pids
+                   else _count_ids(_read_opt(f"{cpu}/tasks")))
+        return CgroupStats(
+            cpu_usage_seconds=None if usage_ns is None else usage_ns / 1e9,
+            cpu_user_seconds=ticks["user"] / _USER_HZ if "user" in ticks else None,
+            cpu_system_seconds=ticks["system"] / _USER_HZ if "system" in ticks else None,
+            cfs_periods=cfs.get("nr_periods"),
+            cfs_throttled_periods=cfs.get("nr_throttled"),
+            cfs_throttled_seconds=None if throttled_ns is None else throttled_ns / 1e9,
+            memory_usage_bytes=usage,
+            memory_working_set_bytes=_working_set(usage, mstat.get("total_inactive_file",
+                                                                   mstat.get("inactive_file"))),
+            memory_rss_bytes=mstat.get("total_rss", mstat.get("rss")),
+            memory_cache_bytes=mstat.get("total_cache", mstat.get("cache")),
+            memory_failcnt=_opt_int(_read_opt(f"{mem}/memory.failcnt")),
+            oom_kills=_keyed_bytes(_read_opt(f"{mem}/memory.oom_control")).get("oom_kill"),
+            memory_limit_bytes=None if limit is None else (0 if limit >= _V1_UNLIMITED else limit),
+            cpu_quota_us=None if quota is None else max(quota, 0),  # -1: no quota
+            cpu_period_us=_opt_int(_read_opt(f"{cpu}/cpu.cfs_period_us")),
+            cpu_shares=_opt_int(_read_opt(f"{cpu}/cpu.shares")),
+            processes=_count_ids(_read_opt(f"{cpu}/cgroup.procs")),
+            threads=threads,
+        )
+
 
 # ---------------------------------------------------------------- v2
 
@@ -502,6 +713,68 @@ class V2Driver(CgroupDriver):
 
     def oom_evidence(self, path: str) -> OomEvidence:
         return OomEvidence(events=self.root / _check_relative(path) / "memory.events")
+
+    #: The files ``stats`` reads; ``cgroup.threads`` only without pids.current.
+    _STAT_FILES = ("cpu.stat", "cpu.max", "cpu.weight", "cgroup.procs", "memory.current", "memory.stat",
+                   "memory.events", "memory.max", "pids.current")
+
+    def stat_files(self, path: str) -> list[str]:
+        d = f"{self.root}/{_check_relative(path)}"
+        files = [f"{d}/{name}" for name in self._STAT_FILES]
+        if not os.path.exists(f"{d}/pids.current"):
+            files.append(f"{d}/cgroup.threads")
+        return files
+
+    def stats(self, path: str) -> CgroupStats:
+        """cAdvisor's v2 sources: ``cpu.stat`` (µs), ``memory.current``, ``anon``/``file``/
+        ``inactive_file`` of ``memory.stat``, ``oom_kill`` of ``memory.events``, and the
+        spec from ``cpu.max`` (``max`` quota: none) and ``cpu.weight`` (mapped back to shares)."""
+        d = f"{self.root}/{_check_relative(path)}"
+        cpu = _keyed_bytes(_read_opt(f"{d}/cpu.stat"))
+        quota, period = self._cpu_max(_read_opt(f"{d}/cpu.max"))
+        weight = _opt_int(_read_opt(f"{d}/cpu.weight"))
+        usage = _opt_int(_read_opt(f"{d}/memory.current"))
+        mstat = _keyed_bytes(_read_opt(f"{d}/memory.stat"), _V2_MEMORY_KEYS)
+        limit = _read_opt(f"{d}/memory.max")
+        threads = _opt_int(_read_opt(f"{d}/pids.current"))
+        if threads is None:
+            threads = _count_ids(_read_opt(f"{d}/cgroup.threads"))
+
+        def seconds(key: str) -> float | None:
+            return cpu[key] / 1e6 if key in cpu else None
+
+        return CgroupStats(
+            cpu_usage_seconds=seconds("usage_usec"),
+            cpu_user_seconds=seconds("user_usec"),
+            cpu_system_seconds=seconds("system_usec"),
+            cfs_periods=cpu.get("nr_periods"),
+            cfs_throttled_periods=cpu.get("nr_throttled"),
+            cfs_throttled_seconds=seconds("throttled_usec"),
+            memory_usage_bytes=usage,
+            memory_working_set_bytes=_working_set(usage, mstat.get("inactive_file")),
+            memory_rss_bytes=mstat.get("anon"),
+            memory_cache_bytes=mstat.get("file"),
+            # v2 has no failcnt; cAdvisor (runc's fs2) leaves it 0 (memory.events "max" is the nearest kin).
+            memory_failcnt=None if usage is None else 0,
+            oom_kills=_keyed_bytes(_read_opt(f"{d}/memory.events")).get("oom_kill"),
+            memory_limit_bytes=None if limit is None else (0 if limit.strip() == b"max" else _opt_int(limit)),
+            cpu_quota_us=quota,
+            cpu_period_us=period,
+            cpu_shares=None if weight is None or not 1 <= weight <= 10_000 else cpu_weight_to_shares(weight),
+            processes=_count_ids(_read_opt(f"{d}/cgroup.procs")),
+            threads=threads,
+        )
+
+    @staticmethod
+    def _cpu_max(data: bytes | None) -> tuple[int | None, int | None]:
+        """``cpu.max`` ("$QUOTA $PERIOD", quota ``max`` = none) -> (quota µs, 0 if none; period µs)."""
+        if data is None:
+            return None, None
+        fields = data.split()
+        if len(fields) != 2:
+            return None, None
+        quota = 0 if fields[0] == b"max" else _opt_int(fields[0])
+        return quota, _opt_int(fields[1])
 
     def kill_file(self, path: str) -> Path | None:
         kill_file = self.root / _check_relative(path) / "cgroup.kill"
