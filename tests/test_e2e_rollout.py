@@ -28,9 +28,11 @@ def deployment(ns: str, seconds: str) -> dict[str, Any]:
                 "containers": [{
                     "name": "c", "image": "host", "command": ["/bin/sleep", seconds],
                     "resources": {"limits": {"memory": "32Mi", "cpu": "50m"}},
-                    # Ready a second or two after start: the rollout must wait for it.
+                    # Ready a second or two after start: the rollout must wait for it. A generous
+                    # timeout: on a loaded machine a 1 s exec can time out three times running,
+                    # and a pod that flips to not Ready is not what this test is about.
                     "readinessProbe": {"exec": {"command": ["/bin/true"]}, "initialDelaySeconds": 1,
-                                       "periodSeconds": 1},
+                                       "periodSeconds": 1, "timeoutSeconds": 10},
                 }]}},
         },
     }
