@@ -12,6 +12,7 @@
     orchctl rollout status|history|undo|restart deployment/NAME [--timeout D] [--revision N] [--to-revision N]
     orchctl lab up [--nodes N] [--schedulers N] [--dir DIR] [--apply FILE] | lab down [--dir DIR]
     orchctl lab status [-o json]
+    orchctl pki init|issue|rotate|show ...      (the cluster's certificates: cli/pki.py)
 
 Global options go before or after the verb: ``--server HOST:PORT``, ``--config
 PATH``, ``-n NAMESPACE``, ``--request-timeout S``, ``-v``.
@@ -329,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", type=Path, help="lab directory (default: from the config, else /var/lib/orch/lab)")
     p.add_argument("-o", "--output", default="table", choices=["table", "json"])
     p.set_defaults(func=cmd_lab_status)
+
+    from cli import pki as pki_cli  # its verbs' arguments; cryptography is imported only when one runs
+    p = sub.add_parser("pki", parents=[common], help="create, rotate and list the cluster's certificates",
+                       description="The cluster PKI: a CA, the scheduler's, agents', admin's and etcd's "
+                                   "certificates (docs/security.md).")
+    pki_cli.add_arguments(p, common)
+    p.set_defaults(func=cmd_pki)
     return parser
 
 
@@ -1450,6 +1458,16 @@ def cmd_rollout_restart(session: Session) -> int:
     update_deployment(session.client, session.namespace, name, change)
     out(f"deployment.apps/{name} restarted")
     return EXIT_OK
+
+
+# --- pki -----------------------------------------------------------------------------
+
+
+def cmd_pki(session: Session) -> int:
+    """``orchctl pki …``: local files only, no cluster; a ``PkiError`` is an OrchError (exit 1)."""
+    from cli import pki as pki_cli
+
+    return pki_cli.run(session.args)
 
 
 # --- entry point ---------------------------------------------------------------------

@@ -40,7 +40,7 @@ def rollout_status(dep: Obj) -> tuple[str, bool]:
     spec, status = dep.get("spec") or {}, dep.get("status") or {}
     if int(_md(dep).get("generation", 1)) > int(status.get("observedGeneration", 0)):
         return "Waiting for deployment spec update to be observed...", False
-    progressing = next((c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), {})
+    progressing: Obj = next((c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), {})
     if progressing.get("reason") == "ProgressDeadlineExceeded":
         raise RolloutError(f'deployment "{name}" exceeded its progress deadline')
     replicas = int(spec.get("replicas", 1))
