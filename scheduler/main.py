@@ -3,7 +3,12 @@ and the scheduling loop, and keeps nothing of its own: everything is in etcd.
 
 Several can run against one etcd: every one serves the API and the agents connected
 to it; only the leader, elected through an etcd lease (scheduler/leader.py), runs the
-scheduling loop, the controllers and the compactor."""
+scheduling loop, the controllers and the compactor.
+
+Every replica also serves HTTP on ``--metrics-listen`` (kube-scheduler's port, 10259, on
+loopback by default): ``/metrics`` (scheduler/metrics.py), ``/sd``, the Prometheus HTTP
+service discovery of every Ready node's agent and every live scheduler (scheduler/sd.py),
+and ``/healthz``."""
 
 from __future__ import annotations
 
@@ -11,10 +16,12 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import grpc
+import prometheus_client
 
 from apimachinery.meta import CONTROLLER_REVISION, DEPLOYMENT, LEASE, NODE, POD
 from apimachinery.pb import cluster_pb2_grpc, node_pb2_grpc
@@ -24,12 +31,21 @@ from scheduler.config import config_file_argument, default_profiles
 from scheduler.controllers import DeploymentController, NodeLifecycleController
 from scheduler.events import EventRecorder
 from scheduler.informer import Informer
-from scheduler.leader import DEFAULT_LEASE_DURATION, LeaderElector, Term
+from scheduler.leader import DEFAULT_LEASE_DURATION, LeaderElector, Term, new_identity
+from scheduler.metrics import (
+    DEFAULT_METRICS_PORT,
+    HttpServer,
+    SchedulerMetrics,
+    join_host_port,
+    metrics_route,
+    split_host_port,
+)
 from scheduler.nodes import NodeService
 from scheduler.podcidr import DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_CIDR_MASK_SIZE, ClusterCidr
 from scheduler.registry import Registry
 from scheduler.queue import MAX_UNSCHEDULABLE_SECONDS
 from scheduler.scheduling import SchedulingLoop
+from scheduler.sd import SD_PATH, SchedulerAnnouncer, ServiceDiscovery
 from scheduler.store import DEFAULT_PREFIX, Store, compact_periodically
 
 log = logging.getLogger("scheduler")
@@ -75,8 +91,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the prefix length of each node's block: a /24 holds 253 pods, and a node's pods "
                         f"capacity is capped at what its block holds (default {DEFAULT_NODE_CIDR_MASK_SIZE}; "
                         "larger than the cluster CIDR's, at most 30)")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help=f"where to serve /metrics, {SD_PATH} (Prometheus HTTP service discovery) and /healthz over "
+                        f"HTTP; '' or 'off': nowhere (default 127.0.0.1:{DEFAULT_METRICS_PORT}, kube-scheduler's "
+                        "port; when that default is taken, by a second scheduler on this host, this one runs without "
+                        "and says so; an address given here must be free)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    if args.metrics_listen is not None and args.metrics_listen.strip().lower() not in ("", "off"):
+        try:
+            split_host_port(args.metrics_listen.strip())
+        except ValueError as e:
+            p.error(f"--metrics-listen: {e}")
     try:
         args.cluster_cidr = ClusterCidr.parse(args.cluster_cidr, args.node_cidr_mask_size)
     except ValueError as e:
@@ -108,8 +134,50 @@ async def run_leader_tasks(start: Callable[[TaskGroup], None]) -> None:
         await group.cancel()
 
 
+def metrics_address(args: argparse.Namespace) -> tuple[str | None, bool]:
+    """Where to serve metrics (None: nowhere), and whether that address was asked for
+    (else it is the default, which may be taken by another scheduler on this host)."""
+    if args.metrics_listen is None:
+        return f"127.0.0.1:{DEFAULT_METRICS_PORT}", False
+    text = args.metrics_listen.strip()
+    return (None, True) if text.lower() in ("", "off") else (text, True)
+
+
+def advertised(host: str, port: int) -> str:
+    """The address Prometheus should scrape: a wildcard listen address becomes the host's name."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return join_host_port(host, port)
+
+
+async def start_http(routes: Mapping[str, Callable[..., tuple[int, dict[str, str], bytes]]], address: str,
+                     required: bool) -> tuple[HttpServer, str] | None:
+    """Serve ``routes`` on ``address``; the server and the address bound, or None when the
+    default address is taken. SystemExit when an address asked for cannot be served."""
+    http = HttpServer(routes)
+    host, port = split_host_port(address)
+    try:
+        bound_host, bound_port = await http.start(host, port)
+    except OSError as e:
+        if required:
+            raise SystemExit(f"cannot serve metrics on {address}: {e}") from e
+        log.warning("metrics: the default address %s is taken (%s): this scheduler serves no /metrics and no %s; "
+                    "give it one with --metrics-listen", address, e.strerror or e, SD_PATH)
+        return None
+    log.info("serving /metrics, %s and /healthz on http://%s", SD_PATH, join_host_port(bound_host, bound_port))
+    return http, advertised(bound_host, bound_port)
+
+
+def healthz(headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes]:
+    return 200, {"Content-Type": "text/plain"}, b"ok\n"
+
+
 async def serve(args: argparse.Namespace) -> None:
+    metrics_at, metrics_required = metrics_address(args)
+    metrics = SchedulerMetrics() if metrics_at is not None else None
     store = Store.connect(args.etcd, args.etcd_prefix)
+    if metrics is not None:
+        store.observer = metrics.etcd_request
     elector = LeaderElector(store, lease_duration=args.leader_elect_lease_duration,
                             renew_deadline=args.leader_elect_renew_deadline,
                             retry_period=args.leader_elect_retry_period) if args.leader_elect else None
@@ -122,7 +190,13 @@ async def serve(args: argparse.Namespace) -> None:
     pods, deployments, nodes = Informer(store, POD), Informer(store, DEPLOYMENT), Informer(store, NODE)
     leases, revisions = Informer(store, LEASE), Informer(store, CONTROLLER_REVISION)
     scheduling = SchedulingLoop(leader_store, pods, nodes, args.config or default_profiles(),
-                                max_unschedulable_seconds=args.pod_max_in_unschedulable_pods_duration)
+                                max_unschedulable_seconds=args.pod_max_in_unschedulable_pods_duration,
+                                metrics=metrics)
+    if metrics is not None:
+        # Lambdas: an informer replaces its cache dict when it relists.
+        metrics.watch_cluster(lambda: nodes.cache.values(), lambda: pods.cache.values())
+        if elector is not None:
+            metrics.watch_leader(elector.name, lambda: elector.leading)
     deploy_ctl = DeploymentController(Registry(leader_store, **admission), deployments, pods, revisions,
                                       events=EventRecorder(leader_store, "deployment-controller"))
     node_ctl = NodeLifecycleController(leader_store, nodes, grace=args.node_monitor_grace_period, leases=leases,
@@ -131,8 +205,21 @@ async def serve(args: argparse.Namespace) -> None:
     node_service = NodeService(registry, pods, heartbeat_interval=args.heartbeat_interval, nodes=nodes,
                                lease_duration=args.node_monitor_grace_period, cluster_cidr=args.cluster_cidr)
 
+    # Metrics first: a --metrics-listen address that cannot be served stops the start here.
+    http: HttpServer | None = None
+    announcer: SchedulerAnnouncer | None = None
+    if metrics is not None and metrics_at is not None:
+        sd = ServiceDiscovery(nodes, leases)
+        served = await start_http({"/metrics": metrics_route(metrics), SD_PATH: sd.route(), "/healthz": healthz},
+                                  metrics_at, metrics_required)
+        if served is not None:
+            http, advertise = served
+            announcer = SchedulerAnnouncer(store, elector.identity if elector is not None else new_identity(),
+                                           advertise)
+
     # No SO_REUSEPORT (gRPC's default): a second process on this port must fail, not share it.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)],
+                             interceptors=[metrics.grpc] if metrics is not None else None)
     cluster = ClusterService(registry)
     cluster_pb2_grpc.add_ClusterServicer_to_server(cluster, server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(node_service, server)
@@ -149,6 +236,8 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     tasks = TaskGroup()
+    if announcer is not None:
+        tasks.start("scheduler-announcer", announcer.run())
     tasks.start("informer/pods", pods.run())
     tasks.start("informer/deployments", deployments.run())
     tasks.start("informer/nodes", nodes.run())
@@ -182,6 +271,8 @@ async def serve(args: argparse.Namespace) -> None:
             election.cancel()
             await asyncio.gather(election, return_exceptions=True)
         await server.stop(grace=2)
+        if http is not None:
+            await http.close()
         await cluster.proxy.close()
         await tasks.cancel()
         await store.close()
@@ -189,6 +280,9 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # No ``<name>_created`` series beside every counter and histogram (a prometheus_client
+    # addition kube-scheduler does not make): process-wide, and this process is the scheduler.
+    prometheus_client.disable_created_metrics()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -18,6 +18,13 @@ message also carries the node's own pod CIDR and the host-gateway routes to ever
 other node's (pod CIDR → InternalIP), from the node informer; a change to any node's
 pod CIDR or InternalIP, or a node added or deleted, wakes every stream at once.
 Heartbeat-only status writes change neither, so they wake nothing.
+
+**Metrics address.** An agent that serves Prometheus metrics says where in
+``RegisterRequest.metrics_endpoint`` (HOST:PORT, as Prometheus should reach it; a value
+that is not one is refused with INVALID_ARGUMENT before anything is written). It is
+kept beside the agent endpoint, in ``status.daemonEndpoints.metricsEndpoint``
+(``{Address, Port}``), and the service discovery (scheduler/sd.py) lists it while the
+node is Ready. A registration without one drops it.
 """
 
 from __future__ import annotations
@@ -38,8 +45,10 @@ import grpc
 from apimachinery.errors import (
     AlreadyExistsError,
     ConflictError,
+    FieldError,
     NotFoundError,
     OrchError,
+    ValidationError,
 )
 from apimachinery.meta import (
     LEASE,
@@ -130,12 +139,32 @@ def node_from_registration(req: pb.RegisterRequest, current: Obj | None) -> Obj:
         },
         "conditions": [_ready_condition("True", "AgentReady", "orch-agent is posting ready status"), *kept],
     }
+    endpoints: Obj = {}
     host, _, port = req.agent_endpoint.rpartition(":")
     if host and port.isdigit():
         # Where schedulers reach the agent's logs and exec (scheduler/proxy.py). Kubernetes
         # keeps the port only; the host is kept too, as an agent may listen on loopback.
-        node["status"]["daemonEndpoints"] = {"kubeletEndpoint": {"Port": int(port), "Address": host.strip("[]")}}
+        endpoints["kubeletEndpoint"] = {"Port": int(port), "Address": host.strip("[]")}
+    metrics = metrics_endpoint(req.metrics_endpoint)
+    if metrics is not None:
+        # Where Prometheus scrapes the agent: the service discovery (scheduler/sd.py) lists it.
+        endpoints["metricsEndpoint"] = metrics
+    if endpoints:
+        node["status"]["daemonEndpoints"] = endpoints
     return node
+
+
+def metrics_endpoint(text: str) -> Obj | None:
+    """``RegisterRequest.metrics_endpoint`` as ``{Address, Port}`` (None when empty); a value that
+    is not HOST:PORT is refused: Prometheus could not scrape it."""
+    if not text:
+        return None
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValidationError(FieldError("metrics_endpoint", f"expected HOST:PORT with a port from 1 to 65535, "
+                                                             f"got {text!r}"))
+    return {"Address": host, "Port": int(port)}
 
 
 class NodeService(pb_grpc.NodeServiceServicer):

@@ -21,6 +21,12 @@ older than that event goes to backoff rather than waiting for another event.
 The queue is a plain data structure over pod objects and a clock; the scheduling
 loop feeds it from the informers. It holds only hints: the loop re-adds every
 Pending pod it sees on each resync, and ``add`` of a pod already queued is a no-op.
+
+**Metrics.** ``on_incoming(queue, event)`` is called for every pod put into a sub-queue,
+with kube-scheduler's event names (``PodAdd``, ``PodUpdate``, ``ScheduleAttemptFailure``,
+``BackoffComplete``, ``UnschedulableTimeout``, or the cluster event given to
+``move_all``): the ``scheduler_queue_incoming_pods_total`` counter. ``done`` returns the
+bound pod's entry, whose ``arrived`` and ``attempts`` make the SLI latency.
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ class SchedulingQueue:
     initial_backoff: float = INITIAL_BACKOFF
     max_backoff: float = MAX_BACKOFF
     max_unschedulable_seconds: float = MAX_UNSCHEDULABLE_SECONDS
+    # (sub-queue, event) for every pod that enters a sub-queue; see the module docstring.
+    on_incoming: Callable[[str, str], None] | None = None
     _pods: dict[str, QueuedPod] = field(default_factory=dict)
     _active: list[tuple[int, float, int, str]] = field(default_factory=list)
     _in_flight: dict[str, QueuedPod] = field(default_factory=dict)
@@ -86,7 +94,7 @@ class SchedulingQueue:
         if uid in self._in_flight:
             self._in_flight[uid].pod = pod
             return False
-        self._push_active(QueuedPod(pod, self.clock()))
+        self._push_active(QueuedPod(pod, self.clock()), "PodAdd")
         return True
 
     def update(self, pod: Obj) -> None:
@@ -100,7 +108,7 @@ class SchedulingQueue:
         old, entry.pod = entry.pod, pod
         if entry.where == UNSCHEDULABLE and (
                 old["spec"] != pod["spec"] or old["metadata"].get("labels") != pod["metadata"].get("labels")):
-            self._requeue(entry)
+            self._requeue(entry, "PodUpdate")
 
     def delete(self, uid: str) -> None:
         """The pod is gone or no longer Pending (bound, deleted): forget it."""
@@ -117,7 +125,7 @@ class SchedulingQueue:
         self._move_request_cycle = self._cycle
         parked = [e for e in self._pods.values() if e.where == UNSCHEDULABLE]
         for entry in parked:
-            self._requeue(entry)
+            self._requeue(entry, event or "MoveAll")
         return len(parked)
 
     # --- what the scheduling loop does ------------------------------------------------------
@@ -139,9 +147,9 @@ class SchedulingQueue:
             out.append(entry.pod)
         return out
 
-    def done(self, pod: Obj) -> None:
-        """The pod was bound: forget it."""
-        self._in_flight.pop(pod_uid(pod), None)
+    def done(self, pod: Obj) -> QueuedPod | None:
+        """The pod was bound: forget it. Its entry, if it was in flight."""
+        return self._in_flight.pop(pod_uid(pod), None)
 
     def failed(self, pod: Obj, *, unschedulable: bool) -> None:
         """The attempt failed: ``unschedulable`` (no node fits) parks the pod until a cluster
@@ -159,15 +167,17 @@ class SchedulingQueue:
         else:
             entry.where = BACKOFF
             self._pods[pod_uid(pod)] = entry
+        if self.on_incoming is not None:
+            self.on_incoming(entry.where, "ScheduleAttemptFailure")
 
     def flush(self) -> None:
         """Backoff that has run out → active; pods parked longer than the limit → requeued."""
         now = self.clock()
         for entry in list(self._pods.values()):
             if entry.where == BACKOFF and now >= self.backoff_until(entry):
-                self._push_active(entry)
+                self._push_active(entry, "BackoffComplete")
             elif entry.where == UNSCHEDULABLE and now - entry.parked >= self.max_unschedulable_seconds:
-                self._requeue(entry)
+                self._requeue(entry, "UnschedulableTimeout")
 
     def next_wake(self) -> float | None:
         """Seconds until the next backoff ends or a parked pod is due, None when nothing waits."""
@@ -206,15 +216,19 @@ class SchedulingQueue:
 
     # --- internals ---------------------------------------------------------------------
 
-    def _requeue(self, entry: QueuedPod) -> None:
+    def _requeue(self, entry: QueuedPod, event: str) -> None:
         """Out of unschedulable: to backoff while its backoff lasts, else active."""
         if self.clock() < self.backoff_until(entry):
             entry.where = BACKOFF
+            if self.on_incoming is not None:
+                self.on_incoming(BACKOFF, event)
         else:
-            self._push_active(entry)
+            self._push_active(entry, event)
 
-    def _push_active(self, entry: QueuedPod) -> None:
+    def _push_active(self, entry: QueuedPod, event: str) -> None:
         entry.where = ACTIVE
         uid = pod_uid(entry.pod)
         self._pods[uid] = entry
         heapq.heappush(self._active, (-pod_priority(entry.pod), entry.arrived, next(self._seq), uid))
+        if self.on_incoming is not None:
+            self.on_incoming(ACTIVE, event)

@@ -45,6 +45,13 @@ merely stale, and staleness only ever errs on the side of less room.
 A pod is scheduled by the profile its ``spec.schedulerName`` names. A pod naming a
 profile this scheduler does not have is left alone, Pending, with no condition and
 no event, as kube-scheduler leaves it: another scheduler may own that name.
+
+**Metrics** (given a ``SchedulerMetrics``, scheduler/metrics.py), where kube-scheduler
+records them: an attempt's result and duration once it is decided (``unschedulable``,
+``error``) or bound (``scheduled``: the decision and the binding), the SLI latency from
+the pod's first entry into the queue to its binding, a preemption attempt for every
+PostFilter run; the framework times its extension points, the queue counts incoming
+pods, and the pending-pods gauge reads the queue when scraped.
 """
 
 from __future__ import annotations
@@ -58,17 +65,20 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apimachinery.errors import ConflictError, NotFoundError, OrchError
 from apimachinery.meta import POD, Obj, now_rfc3339, ref
 from apimachinery.validation import DEFAULT_SCHEDULER_NAME
 from scheduler.events import NORMAL, WARNING, EventRecorder
-from scheduler.framework import Decision, Framework, NodeInfo, Status, pod_resource_requests
+from scheduler.framework import Code, Decision, Framework, NodeInfo, Status, pod_resource_requests
 from scheduler.informer import Informer, obj_key
 from scheduler.queue import MAX_UNSCHEDULABLE_SECONDS, SchedulingQueue
 from scheduler.registry import Registry
 from scheduler.store import AllocationConflict, NodeAllocation, Store, WatchEvent
+
+if TYPE_CHECKING:
+    from scheduler.metrics import SchedulerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -193,14 +203,21 @@ class NodeFullError(ConflictError):
 class SchedulingLoop:
     def __init__(self, store: Store, pods: Informer, nodes: Informer, profiles: Mapping[str, Framework],
                  resync: float = 5.0, *, registry: Registry | None = None,
-                 max_unschedulable_seconds: float = MAX_UNSCHEDULABLE_SECONDS) -> None:
+                 max_unschedulable_seconds: float = MAX_UNSCHEDULABLE_SECONDS,
+                 metrics: SchedulerMetrics | None = None) -> None:
         self.store = store
         self.pods = pods
         self.nodes = nodes
         self.profiles = profiles
         self.resync = resync
         self.registry = registry or Registry(store)
-        self.queue = SchedulingQueue(max_unschedulable_seconds=max_unschedulable_seconds)
+        self.metrics = metrics
+        self.queue = SchedulingQueue(max_unschedulable_seconds=max_unschedulable_seconds,
+                                     on_incoming=metrics.queue_incoming_pod if metrics is not None else None)
+        if metrics is not None:
+            for name, framework in profiles.items():
+                framework.recorder = metrics.profile_recorder(name)
+            metrics.watch_pending_pods(self.pending_pods)
         self.recorders = {name: EventRecorder(store, name) for name in profiles}
         # uid -> the bound pod as written, until the informer catches up.
         self._assumed: dict[str, Obj] = {}
@@ -381,7 +398,13 @@ class SchedulingLoop:
             return list(infos.values()), False
         return [info.without(set(), extra[name]) if name in extra else info for name, info in infos.items()], True
 
+    def _attempt(self, result: str, framework: Framework, start: float) -> None:
+        """Count an attempt that ended with ``result``, ``start`` being when it began."""
+        if self.metrics is not None:
+            self.metrics.schedule_attempt(result, framework.scheduler_name, time.perf_counter() - start)
+
     async def _schedule_one(self, pod: Obj, infos: dict[str, NodeInfo], nominated: Sequence[Obj]) -> None:
+        start = time.perf_counter()
         framework = self.profiles[scheduler_name(pod)]
         nodes, overlaid = self._nodes_for(pod, infos, nominated)
         # The pass's list of nodes with affinity pods holds its own NodeInfos; with nominated
@@ -389,16 +412,24 @@ class SchedulingLoop:
         decision = framework.schedule(pod, nodes, None if overlaid else self._affinity_nodes)
         if decision.node is None:
             if decision.error:
+                self._attempt("error", framework, start)
                 log.error("scheduling pod %s: %s", ref(pod), decision.message)
                 self.queue.failed(pod, unschedulable=False)
                 return
+            self._attempt("unschedulable", framework, start)
+            if self.metrics is not None and framework.post_filters:
+                self.metrics.preemption_attempt(len(decision.victims))
             if decision.nominated_node is not None:
                 await self._preempt(framework, pod, decision)
             await self._mark_unschedulable(framework, pod, decision.message, decision.nominated_node)
             self.queue.failed(pod, unschedulable=True)
             return
+        if self.metrics is not None:
+            self.metrics.algorithm_duration.observe(time.perf_counter() - start)
         status = framework.reserve(decision.state, pod, decision.node)
         if not status.ok:
+            rejected = status.code in (Code.UNSCHEDULABLE, Code.UNSCHEDULABLE_AND_UNRESOLVABLE)
+            self._attempt("unschedulable" if rejected else "error", framework, start)
             await self._mark_unschedulable(framework, pod, "; ".join(status.reasons))
             self.queue.failed(pod, unschedulable=False)
             return
@@ -411,15 +442,15 @@ class SchedulingLoop:
         if info.pods_with_affinity and info not in self._affinity_nodes:
             self._affinity_nodes.append(info)
         await self._bind_slots.acquire()
-        task = asyncio.get_running_loop().create_task(self._bind(framework, pod, decision),
+        task = asyncio.get_running_loop().create_task(self._bind(framework, pod, decision, start),
                                                       name=f"bind {ref(pod)}")
         self._bind_tasks.add(task)
         task.add_done_callback(self._bind_tasks.discard)
 
-    async def _bind(self, framework: Framework, pod: Obj, decision: Decision) -> None:
+    async def _bind(self, framework: Framework, pod: Obj, decision: Decision, start: float) -> None:
         """The Bind plugins for a decided pod; a refusal (the pod changed, was deleted or
         out-bid since the decision, or this scheduler no longer leads) is undone and the pod
-        decided again from fresh data."""
+        decided again from fresh data. ``start``: when its attempt began."""
         assert decision.node is not None
         try:
             status = await framework.bind(decision.state, pod, decision.node, self)
@@ -429,12 +460,16 @@ class SchedulingLoop:
             self._binding.pop(pod["metadata"]["uid"], None)
             self._bind_slots.release()
         if not status.ok:
+            self._attempt("error", framework, start)
             log.info("binding pod %s to %s failed: %s", ref(pod), decision.node, "; ".join(status.reasons))
             framework.unreserve(decision.state, pod, decision.node)
             self.queue.failed(pod, unschedulable=False)
             self._wake.set()
             return
-        self.queue.done(pod)
+        self._attempt("scheduled", framework, start)
+        entry = self.queue.done(pod)
+        if entry is not None and self.metrics is not None:
+            self.metrics.pod_scheduled(entry.attempts + 1, self.queue.clock() - entry.arrived)
         md = pod["metadata"]
         bound = self._assumed.get(md["uid"], pod)
         self._emit(framework, bound, NORMAL, "Scheduled",

@@ -28,6 +28,11 @@ A *fenced* store (``Store.fenced``) adds one more compare to each of its writes:
 the leader's election key must still have the create revision it had when this
 process won it (scheduler/leader.py). The leader-only loops write through one, so
 a scheduler that was deposed and has not noticed yet cannot bind a pod.
+
+**Request latency.** ``Store.observer``, when set (scheduler/metrics.py), is told the
+operation, the resource, the seconds and whether it failed, for every etcd request but
+watches: kube-apiserver's ``etcd_request_duration_seconds{operation,type}``, with its
+verbs (a binding is an ``update`` of ``pods``). Stores made by ``fenced`` share it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import builtins
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -130,21 +136,26 @@ def _translate(e: Exception) -> OrchError:
     return UnavailableError(f"etcd error: {type(e).__name__}: {e}")
 
 
+#: ``observer(operation, type, seconds, failed)``: see the module docstring.
+RequestObserver = Callable[[str, str, float, bool], None]
+
+
 class Store:
     """Typed access to cluster objects in etcd."""
 
     def __init__(self, client: aetcd.Client, prefix: str = DEFAULT_PREFIX,
-                 fence: Callable[[], Fence | None] | None = None) -> None:
+                 fence: Callable[[], Fence | None] | None = None, observer: RequestObserver | None = None) -> None:
         self.client = client
         self.prefix = prefix.rstrip("/")
         self._fence = fence
+        self.observer = observer
         # ttl -> (lease id, loop time until which new keys may join it); see ttl_lease.
         self._leases: dict[int, tuple[int, float]] = {}
 
     def fenced(self, fence: Callable[[], Fence | None]) -> Store:
         """This store (same client) with every write guarded by ``fence()``; when it
         returns None, writes fail with FenceError without reaching etcd."""
-        return Store(self.client, self.prefix, fence)
+        return Store(self.client, self.prefix, fence, self.observer)
 
     def _fence_compares(self) -> tuple[Fence | None, builtins.list[Any]]:
         if self._fence is None:
@@ -158,7 +169,7 @@ class Store:
         """After a failed transaction: raise FenceError when the fence is what failed."""
         if fence is None:
             return
-        kv = await self._run(lambda: self.client.get(fence.key))
+        kv = await self._run(lambda: self.client.get(fence.key), "get", "leases")
         if kv is None or kv.create_revision != fence.create_revision:
             raise FenceError("not the leader any more: the election key was lost; nothing was written")
 
@@ -200,13 +211,22 @@ class Store:
         md = {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}
         return json.dumps({**obj, "metadata": md}, sort_keys=True, separators=(",", ":")).encode()
 
-    async def _run(self, coro_fn: Callable[[], Any]) -> Any:
+    async def _run(self, coro_fn: Callable[[], Any], operation: str = "txn", type_: str = "other") -> Any:
+        """Await one etcd request, its errors translated, its latency told to the observer as
+        ``operation`` on ``type_`` (callers outside this module that name neither: txn/other)."""
+        start = time.perf_counter()
+        failed = True
         try:
-            return await coro_fn()
+            result = await coro_fn()
+            failed = False
+            return result
         except OrchError:
             raise
         except (TimeoutError, aetcd.exceptions.ClientError, OSError) as e:
             raise _translate(e) from e
+        finally:
+            if self.observer is not None:
+                self.observer(operation, type_, time.perf_counter() - start, failed)
 
     # --- reads -------------------------------------------------------------
 
@@ -218,22 +238,23 @@ class Store:
         return got
 
     async def get_or_none(self, kind: Kind, namespace: str | None, name: str) -> Obj | None:
-        kv = await self._run(lambda: self.client.get(self.key(kind, namespace, name)))
+        kv = await self._run(lambda: self.client.get(self.key(kind, namespace, name)), "get", kind.plural)
         return None if kv is None else self._decode(kv.value, kv.mod_revision)
 
     async def list(self, kind: Kind, namespace: str | None = None) -> tuple[list[Obj], int]:
         """Every object of ``kind`` (in ``namespace`` when given) and the revision it was read at."""
-        rng = await self._run(lambda: self.client.get_prefix(self.kind_prefix(kind, namespace)))
+        rng = await self._run(lambda: self.client.get_prefix(self.kind_prefix(kind, namespace)), "list", kind.plural)
         return [self._decode(kv.value, kv.mod_revision) for kv in rng], rng.header.revision
 
     async def revision(self) -> int:
         """etcd's current revision (read from the header of an empty range)."""
-        rng = await self._run(lambda: self.client.get_prefix(f"{self.prefix}/.none/".encode(), keys_only=True))
+        rng = await self._run(lambda: self.client.get_prefix(f"{self.prefix}/.none/".encode(), keys_only=True),
+                              "get", "revision")
         return int(rng.header.revision)
 
     async def compact(self, revision: int) -> None:
         """Drop etcd's history before ``revision``; watches from older revisions get ExpiredError."""
-        await self._run(lambda: self.client.compact(revision))
+        await self._run(lambda: self.client.compact(revision), "compact", "")
 
     # --- writes ------------------------------------------------------------
 
@@ -257,7 +278,7 @@ class Store:
         cached = self._leases.get(ttl)
         if cached is not None and loop_time < cached[1]:
             return cached[0]
-        lease = await self._run(lambda: self.client.lease(ttl + reuse))
+        lease = await self._run(lambda: self.client.lease(ttl + reuse), "grant", "etcdleases")
         self._leases[ttl] = (int(lease.id), loop_time + reuse)
         return int(lease.id)
 
@@ -284,7 +305,10 @@ class Store:
             else:
                 compares.append(tx.mod(key) == w.expected_rv)
             puts.append(tx.put(key, self._encode(w.obj), lease=lease))
-        ok, responses = await self._run(lambda: self.client.transaction(compare=compares, success=puts, failure=[]))
+        kinds = {KINDS[w.obj["kind"]].plural for w in writes}
+        ok, responses = await self._run(lambda: self.client.transaction(compare=compares, success=puts, failure=[]),
+                                        "create" if all(w.expected_rv == 0 for w in writes) else "update",
+                                        kinds.pop() if len(kinds) == 1 else "mixed")
         if not ok:
             await self._check_fence(fence)
             await self._explain_failed_write(writes)
@@ -322,19 +346,21 @@ class Store:
         if isinstance(obj_or_kind, Kind):
             assert name is not None
             key = self.key(obj_or_kind, namespace, name)
-            label = f'{obj_or_kind.plural} "{name}"'
+            plural = obj_or_kind.plural
+            label = f'{plural} "{name}"'
         else:
             key = self.key_of(obj_or_kind)
-            label = f'{KINDS[obj_or_kind["kind"]].plural} "{obj_or_kind["metadata"]["name"]}"'
+            plural = KINDS[obj_or_kind["kind"]].plural
+            label = f'{plural} "{obj_or_kind["metadata"]["name"]}"'
         tx = self.client.transactions
         fence, compares = self._fence_compares()
         if expected_rv is None and fence is None:
-            res = await self._run(lambda: self.client.delete(key))
+            res = await self._run(lambda: self.client.delete(key), "delete", plural)
             return bool(res and res.deleted)
         if expected_rv is not None:
             compares.append(tx.mod(key) == expected_rv)
         ok, responses = await self._run(lambda: self.client.transaction(
-            compare=compares, success=[tx.delete(key)], failure=[]))
+            compare=compares, success=[tx.delete(key)], failure=[]), "delete", plural)
         if ok and expected_rv is None:
             return bool(responses and responses[0].response_delete_range.deleted)
         if not ok:
@@ -370,7 +396,7 @@ class Store:
         return f"{self.prefix}/nodeallocations/{node}".encode()
 
     async def get_allocation(self, node: str) -> NodeAllocation:
-        kv = await self._run(lambda: self.client.get(self.allocation_key(node)))
+        kv = await self._run(lambda: self.client.get(self.allocation_key(node)), "get", "nodeallocations")
         if kv is None:
             return NodeAllocation(node, {}, 0)
         return NodeAllocation(node, dict(json.loads(kv.value).get("pods") or {}), int(kv.mod_revision))
@@ -390,7 +416,8 @@ class Store:
             compares.append(tx.mod(alloc_key) == allocation.revision)
         ledger = json.dumps({"pods": allocation.pods}, sort_keys=True, separators=(",", ":")).encode()
         puts = [tx.put(pod_key, self._encode(pod)), tx.put(alloc_key, ledger)]
-        ok, responses = await self._run(lambda: self.client.transaction(compare=compares, success=puts, failure=[]))
+        ok, responses = await self._run(lambda: self.client.transaction(compare=compares, success=puts, failure=[]),
+                                        "update", "pods")
         if not ok:
             await self._check_fence(fence)
             current = await self.get_or_none(KINDS[pod["kind"]], pod["metadata"].get("namespace"),

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nnode.proto\x12\x07orch.v1\"C\n\tResources\x12\x12\n\ncpu_millis\x18\x01 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04pods\x18\x03 \x01(\x03\",\n\x0bNodeAddress\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\xdf\x02\n\x0fRegisterRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x34\n\x06labels\x18\x02 \x03(\x0b\x32$.orch.v1.RegisterRequest.LabelsEntry\x12$\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x12.orch.v1.Resources\x12\'\n\x0b\x61llocatable\x18\x04 \x01(\x0b\x32\x12.orch.v1.Resources\x12\'\n\taddresses\x18\x05 \x03(\x0b\x32\x14.orch.v1.NodeAddress\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x16\n\x0ekernel_version\x18\x07 \x01(\t\x12\x15\n\rcgroup_driver\x18\x08 \x01(\t\x12\x16\n\x0e\x61gent_endpoint\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"H\n\x10RegisterResponse\x12\"\n\x1aheartbeat_interval_seconds\x18\x01 \x01(\x05\x12\x10\n\x08pod_cidr\x18\x02 \x01(\t\"%\n\x10HeartbeatRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\"\"\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\",\n\x17WatchAssignmentsRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\"A\n\tNodeRoute\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x10\n\x08pod_cidr\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"p\n\x0b\x41ssignments\x12\x11\n\tpods_json\x18\x01 \x03(\t\x12\x18\n\x10resource_version\x18\x02 \x01(\x03\x12\"\n\x06routes\x18\x03 \x03(\x0b\x32\x12.orch.v1.NodeRoute\x12\x10\n\x08pod_cidr\x18\x04 \x01(\t\"x\n\x0fPodStatusReport\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x04 \x01(\t\x12\x13\n\x0bstatus_json\x18\x05 \x01(\t\x12\x0f\n\x07removed\x18\x06 \x01(\x08\"\x0e\n\x0cPodStatusAck2\xa4\x02\n\x0bNodeService\x12?\n\x08Register\x12\x18.orch.v1.RegisterRequest\x1a\x19.orch.v1.RegisterResponse\x12\x42\n\tHeartbeat\x12\x19.orch.v1.HeartbeatRequest\x1a\x1a.orch.v1.HeartbeatResponse\x12L\n\x10WatchAssignments\x12 .orch.v1.WatchAssignmentsRequest\x1a\x14.orch.v1.Assignments0\x01\x12\x42\n\x0fReportPodStatus\x12\x18.orch.v1.PodStatusReport\x1a\x15.orch.v1.PodStatusAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nnode.proto\x12\x07orch.v1\"C\n\tResources\x12\x12\n\ncpu_millis\x18\x01 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04pods\x18\x03 \x01(\x03\",\n\x0bNodeAddress\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\xf9\x02\n\x0fRegisterRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x34\n\x06labels\x18\x02 \x03(\x0b\x32$.orch.v1.RegisterRequest.LabelsEntry\x12$\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x12.orch.v1.Resources\x12\'\n\x0b\x61llocatable\x18\x04 \x01(\x0b\x32\x12.orch.v1.Resources\x12\'\n\taddresses\x18\x05 \x03(\x0b\x32\x14.orch.v1.NodeAddress\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x16\n\x0ekernel_version\x18\x07 \x01(\t\x12\x15\n\rcgroup_driver\x18\x08 \x01(\t\x12\x16\n\x0e\x61gent_endpoint\x18\t \x01(\t\x12\x18\n\x10metrics_endpoint\x18\n \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"H\n\x10RegisterResponse\x12\"\n\x1aheartbeat_interval_seconds\x18\x01 \x01(\x05\x12\x10\n\x08pod_cidr\x18\x02 \x01(\t\"%\n\x10HeartbeatRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\"\"\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\",\n\x17WatchAssignmentsRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\"A\n\tNodeRoute\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x10\n\x08pod_cidr\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"p\n\x0b\x41ssignments\x12\x11\n\tpods_json\x18\x01 \x03(\t\x12\x18\n\x10resource_version\x18\x02 \x01(\x03\x12\"\n\x06routes\x18\x03 \x03(\x0b\x32\x12.orch.v1.NodeRoute\x12\x10\n\x08pod_cidr\x18\x04 \x01(\t\"x\n\x0fPodStatusReport\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0b\n\x03uid\x18\x04 \x01(\t\x12\x13\n\x0bstatus_json\x18\x05 \x01(\t\x12\x0f\n\x07removed\x18\x06 \x01(\x08\"\x0e\n\x0cPodStatusAck2\xa4\x02\n\x0bNodeService\x12?\n\x08Register\x12\x18.orch.v1.RegisterRequest\x1a\x19.orch.v1.RegisterResponse\x12\x42\n\tHeartbeat\x12\x19.orch.v1.HeartbeatRequest\x1a\x1a.orch.v1.HeartbeatResponse\x12L\n\x10WatchAssignments\x12 .orch.v1.WatchAssignmentsRequest\x1a\x14.orch.v1.Assignments0\x01\x12\x42\n\x0fReportPodStatus\x12\x18.orch.v1.PodStatusReport\x1a\x15.orch.v1.PodStatusAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,25 +38,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODEADDRESS']._serialized_start=92
   _globals['_NODEADDRESS']._serialized_end=136
   _globals['_REGISTERREQUEST']._serialized_start=139
-  _globals['_REGISTERREQUEST']._serialized_end=490
-  _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_start=445
-  _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_end=490
-  _globals['_REGISTERRESPONSE']._serialized_start=492
-  _globals['_REGISTERRESPONSE']._serialized_end=564
-  _globals['_HEARTBEATREQUEST']._serialized_start=566
-  _globals['_HEARTBEATREQUEST']._serialized_end=603
-  _globals['_HEARTBEATRESPONSE']._serialized_start=605
-  _globals['_HEARTBEATRESPONSE']._serialized_end=639
-  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_start=641
-  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_end=685
-  _globals['_NODEROUTE']._serialized_start=687
-  _globals['_NODEROUTE']._serialized_end=752
-  _globals['_ASSIGNMENTS']._serialized_start=754
-  _globals['_ASSIGNMENTS']._serialized_end=866
-  _globals['_PODSTATUSREPORT']._serialized_start=868
-  _globals['_PODSTATUSREPORT']._serialized_end=988
-  _globals['_PODSTATUSACK']._serialized_start=990
-  _globals['_PODSTATUSACK']._serialized_end=1004
-  _globals['_NODESERVICE']._serialized_start=1007
-  _globals['_NODESERVICE']._serialized_end=1299
+  _globals['_REGISTERREQUEST']._serialized_end=516
+  _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_start=471
+  _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_end=516
+  _globals['_REGISTERRESPONSE']._serialized_start=518
+  _globals['_REGISTERRESPONSE']._serialized_end=590
+  _globals['_HEARTBEATREQUEST']._serialized_start=592
+  _globals['_HEARTBEATREQUEST']._serialized_end=629
+  _globals['_HEARTBEATRESPONSE']._serialized_start=631
+  _globals['_HEARTBEATRESPONSE']._serialized_end=665
+  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_start=667
+  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_end=711
+  _globals['_NODEROUTE']._serialized_start=713
+  _globals['_NODEROUTE']._serialized_end=778
+  _globals['_ASSIGNMENTS']._serialized_start=780
+  _globals['_ASSIGNMENTS']._serialized_end=892
+  _globals['_PODSTATUSREPORT']._serialized_start=894
+  _globals['_PODSTATUSREPORT']._serialized_end=1014
+  _globals['_PODSTATUSACK']._serialized_start=1016
+  _globals['_PODSTATUSACK']._serialized_end=1030
+  _globals['_NODESERVICE']._serialized_start=1033
+  _globals['_NODESERVICE']._serialized_end=1325
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ class NodeAddress(_message.Message):
     def __init__(self, type: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("node_name", "labels", "capacity", "allocatable", "addresses", "agent_version", "kernel_version", "cgroup_driver", "agent_endpoint")
+    __slots__ = ("node_name", "labels", "capacity", "allocatable", "addresses", "agent_version", "kernel_version", "cgroup_driver", "agent_endpoint", "metrics_endpoint")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class RegisterRequest(_message.Message):
     KERNEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CGROUP_DRIVER_FIELD_NUMBER: _ClassVar[int]
     AGENT_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     labels: _containers.ScalarMap[str, str]
     capacity: Resources
@@ -51,7 +52,8 @@ class RegisterRequest(_message.Message):
     kernel_version: str
     cgroup_driver: str
     agent_endpoint: str
-    def __init__(self, node_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., allocatable: _Optional[_Union[Resources, _Mapping]] = ..., addresses: _Optional[_Iterable[_Union[NodeAddress, _Mapping]]] = ..., agent_version: _Optional[str] = ..., kernel_version: _Optional[str] = ..., cgroup_driver: _Optional[str] = ..., agent_endpoint: _Optional[str] = ...) -> None: ...
+    metrics_endpoint: str
+    def __init__(self, node_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., allocatable: _Optional[_Union[Resources, _Mapping]] = ..., addresses: _Optional[_Iterable[_Union[NodeAddress, _Mapping]]] = ..., agent_version: _Optional[str] = ..., kernel_version: _Optional[str] = ..., cgroup_driver: _Optional[str] = ..., agent_endpoint: _Optional[str] = ..., metrics_endpoint: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("heartbeat_interval_seconds", "pod_cidr")
