@@ -45,6 +45,7 @@ import grpc
 from agent.images import Image, ImageStore, parse_reference
 from agent.images.config import merge_env, resolve_argv, resolve_user, resolve_working_dir, verify_run_as_non_root
 from agent.images.errors import ContainerConfigError
+from agent.metrics import AgentMetrics
 from agent.network import NetworkNotReady
 from agent.network.hostports import plan_ports
 from agent.network.node import NodeNetwork
@@ -122,6 +123,9 @@ class NodeConfig:
     # HOST:PORT reported at registration once it does.
     listen: str = "127.0.0.1:0"
     endpoint: str = ""
+    # HOST:PORT where /metrics is served (agent/metrics.py), reported at registration for
+    # Prometheus' service discovery; "" when not served.
+    metrics_endpoint: str = ""
     # "bridge": pods get a veth on ``bridge`` and an address of the node's pod CIDR;
     # "none": only loopback. The CLI's default is bridge; a NodeConfig made in code
     # touches no network unless it asks to.
@@ -179,6 +183,7 @@ class Agent:
         # Stops wait out grace periods; many pods may stop at once, so size for that.
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="runtime")
         self.images = ImageStore(config.state_dir / "images")
+        self.metrics = AgentMetrics()
         # --- the pod network (None: --network none) ---
         if config.network not in NETWORK_MODES:
             raise ValueError(f"network {config.network!r}: expected one of {', '.join(NETWORK_MODES)}")
@@ -247,7 +252,7 @@ class Agent:
                        pb.NodeAddress(type="Hostname", address=c.name)],
             agent_version=AGENT_VERSION, kernel_version=os.uname().release,
             cgroup_driver=type(self.runtime.driver).__name__,
-            agent_endpoint=c.endpoint,
+            agent_endpoint=c.endpoint, metrics_endpoint=c.metrics_endpoint,
         )
 
     async def connection_loop(self) -> None:
@@ -479,6 +484,7 @@ class Agent:
             except TimeoutError:
                 pass
             self.wake.clear()
+            pass_started = time.monotonic()
             try:
                 states: list[ContainerState] = await loop.run_in_executor(self.pool, self.runtime.list)
                 sandboxes = set(await loop.run_in_executor(self.pool, self.runtime.sandbox_pod_uids))
@@ -505,6 +511,9 @@ class Agent:
                 self._tasks.add(loop.create_task(self._verify_network(uid), name=f"VerifyNetwork/{uid}"))
             self._tasks = {t for t in self._tasks if not t.done()}
             await self._report(states)
+            # The pass itself: reading the node, planning, dispatching and reporting (the
+            # actions it started run on and are timed as container starts).
+            self.metrics.reconcile_duration.observe(time.monotonic() - pass_started)
 
     async def _execute(self, action: Action) -> None:
         loop = asyncio.get_running_loop()
@@ -616,7 +625,10 @@ class Agent:
             await self._ensure_pod_network(action.pod_uid, pod, record)
             image = await loop.run_in_executor(self.pool, self._ensure_image, spec)
             cfg = self.container_config(pod, spec, image)
+            started = time.monotonic()
             await loop.run_in_executor(self.pool, self.runtime.start, cfg)
+            self.metrics.container_start_duration.observe(time.monotonic() - started)
+            self.metrics.container_starts.inc()
             crec.last_error = crec.last_error_at = crec.last_error_reason = None
             crec.start_failures = 0
             log.info("node %s: started container %s of pod %s/%s", self.config.name, spec["name"],
@@ -633,6 +645,7 @@ class Agent:
             crec.last_error, crec.last_error_at = str(e), time.time()
             crec.last_error_reason = getattr(e, "reason", None) or "CreateContainerError"
             crec.start_failures += 1
+            self.metrics.container_start_failures.labels(reason=crec.last_error_reason).inc()
             log.warning("node %s: pod %s/%s container %s failed to start: %s", self.config.name,
                         pod["metadata"]["namespace"], pod["metadata"]["name"], spec["name"], e)
         self._save_record(action.pod_uid)

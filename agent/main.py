@@ -19,6 +19,7 @@ from agent.agent import NETWORK_MODES, Agent, NodeConfig
 from agent.network import node as node_network
 from agent.network.podnet import check_bridge_name
 from agent.runtime.logs import LogPolicy
+from agent.metrics import ContainerCollector, count_supervisors, serve_metrics, stop_metrics
 from agent.runtime import syscalls
 from agent.runtime.runtime import Runtime
 from agent.server import start_server
@@ -58,6 +59,22 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
+DEFAULT_METRICS_PORT = 10255
+
+
+def parse_metrics_listen(text: str, address: str) -> tuple[str, int] | None:
+    """``--metrics-listen``: ``(host, port)`` to serve /metrics on, None for ``off``. Empty:
+    the node's ``address`` on ``DEFAULT_METRICS_PORT``; ``HOST:PORT`` or ``[V6]:PORT`` as given."""
+    if text == "off":
+        return None
+    if not text:
+        return address, DEFAULT_METRICS_PORT
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r}: expected HOST:PORT (port 0 picks a free one) or off")
+    return host.strip("[]"), int(port)
+
+
 def parse_addresses(text: str) -> tuple[str, ...]:
     addresses = tuple(filter(None, (a.strip() for a in text.split(","))))
     if not addresses:
@@ -94,6 +111,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
                    help="where to serve container logs and exec to schedulers (default: a free port on "
                         "loopback; reported to the scheduler at registration)")
+    p.add_argument("--metrics-listen", default="", metavar="HOST:PORT|off",
+                   help="where to serve Prometheus /metrics: cAdvisor's container metrics and the agent's own "
+                        f"(default: --address, port {DEFAULT_METRICS_PORT}, kubelet's old read-only port; port 0 "
+                        "picks a free one; off: not served). Reported to the scheduler for service discovery")
     p.add_argument("--container-log-max-size", default="10Mi", metavar="QUANTITY",
                    help="rotate a container's log when it reaches this size (default 10Mi), like kubelet's")
     p.add_argument("--container-log-max-files", type=int, default=5, metavar="N",
@@ -117,7 +138,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def run(config: NodeConfig) -> None:
+async def run(config: NodeConfig, metrics_listen: tuple[str, int] | None = None) -> None:
     runtime = Runtime(config.state_dir, config.cgroup_root)
     agent = Agent(config, runtime)
     stop = asyncio.Event()
@@ -126,6 +147,16 @@ async def run(config: NodeConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     # Before the first registration: it reports where this listens.
     server, api, config.endpoint = await start_server(agent, config.listen)
+    metrics_server = None
+    if metrics_listen is not None:
+        host, port = metrics_listen
+        agent.metrics.registry.register(ContainerCollector(
+            runtime.list, runtime.driver, runtime.pod_cgroup,
+            supervisors=lambda: count_supervisors(runtime.state_dir)))
+        metrics_server = serve_metrics(agent.metrics.registry, host, port)
+        bound = metrics_server[0].server_address[1]
+        config.metrics_endpoint = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+        log.info("node %s: serving /metrics on %s", config.name, config.metrics_endpoint)
     tasks = TaskGroup()
     tasks.start("connection", agent.connection_loop())
     tasks.start("reconcile", agent.reconcile_loop())
@@ -140,6 +171,8 @@ async def run(config: NodeConfig) -> None:
         log.info("node %s: agent stopping; containers keep running", config.name)
         await tasks.cancel()
         await server.stop(grace=1)
+        if metrics_server is not None:
+            stop_metrics(*metrics_server)
         api.close()
         agent.pool.shutdown(wait=False, cancel_futures=True)
 
@@ -204,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         log.error("--bridge: %s", e)
         return 2
+    try:
+        metrics_listen = parse_metrics_listen(args.metrics_listen, args.address)
+    except ValueError as e:
+        log.error("--metrics-listen: %s", e)
+        return 2
     config = NodeConfig(name=args.node_name, schedulers=args.scheduler, state_dir=args.state_dir,
                         cgroup_root=args.cgroup_root, cpu_millis=cpu, memory_bytes=memory,
                         max_pods=args.max_pods, labels=args.labels, address=args.address,
@@ -219,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     # Shims read the log rotation policy from the environment they inherit (logs.py).
     os.environ.update(policy.to_env())
     try:
-        asyncio.run(run(config))
+        asyncio.run(run(config, metrics_listen))
     except (RuntimeError, OSError) as e:
         log.error("%s", e)
         return 1

@@ -43,6 +43,7 @@ from cli.labnet import LabError  # defined with the network's errors, the lowest
 DEFAULT_LAB_DIR = Path("/var/lib/orch/lab")
 STATE_FILE = "lab.json"
 READY_TIMEOUT = 90.0
+AGENT_METRICS_PORT = 10255  # orch-agent's default (kubelet's old read-only port)
 
 
 # --- processes -------------------------------------------------------------------
@@ -256,13 +257,17 @@ def _start_all(lab_dir: Path, state: dict[str, Any], nodes: int, node_cpu: str |
     for i in range(1, schedulers + 1):
         name = "scheduler" if schedulers == 1 else f"scheduler-{i}"
         api_port = _free_port_not_in(state)
+        metrics_port = _free_port_not_in(state, also=(api_port,))
         # Loopback for orchctl and the tests; the host end of the lab network for the agents.
+        # /metrics and the Prometheus service discovery on loopback, a port of each one's own.
         scheduler = spawn([
             sys.executable, "-m", "scheduler.main", "--etcd", f"127.0.0.1:{client_port}",
-            "--listen", f"127.0.0.1:{api_port},{net.host_address}:{api_port}", *(scheduler_args or []),
+            "--listen", f"127.0.0.1:{api_port},{net.host_address}:{api_port}",
+            "--metrics-listen", f"127.0.0.1:{metrics_port}", *(scheduler_args or []),
         ], logs / f"{name}.log")
         state["schedulers"].append({**scheduler, "name": name, "address": f"127.0.0.1:{api_port}",
-                                    "labAddress": f"{net.host_address}:{api_port}"})
+                                    "labAddress": f"{net.host_address}:{api_port}",
+                                    "metricsAddress": f"127.0.0.1:{metrics_port}"})
         _save_state(lab_dir, state)
         wait_port(api_port, 30, f"the {name}", scheduler)
     addresses = [s["labAddress"] for s in state["schedulers"]]
@@ -280,6 +285,8 @@ def _start_all(lab_dir: Path, state: dict[str, Any], nodes: int, node_cpu: str |
             # A registry the host runs on its end of the lab network is spoken to over plain
             # HTTP, as one on loopback is (the nodes' loopback is their own).
             "--insecure-registry", str(net.subnet),
+            # Every node serves /metrics on its own address, kubelet's old read-only port.
+            "--metrics-listen", f"{address}:{AGENT_METRICS_PORT}",
         ]
         if node_cpu:
             argv += ["--cpu", node_cpu]
@@ -288,7 +295,7 @@ def _start_all(lab_dir: Path, state: dict[str, Any], nodes: int, node_cpu: str |
         agent = spawn(argv, logs / f"{name}.log")
         state["agents"].append({**agent, "node": name, "stateDir": str(lab_dir / "nodes" / name),
                                 "cgroupRoot": f"{state['cgroupRoot']}/{name}", "netns": str(net.node_netns(name)),
-                                "address": str(address)})
+                                "address": str(address), "metricsAddress": f"{address}:{AGENT_METRICS_PORT}"})
         _save_state(lab_dir, state)
 
 
@@ -297,9 +304,10 @@ def _record_network(lab_dir: Path, state: dict[str, Any], net: labnet.LabNetwork
     _save_state(lab_dir, state)
 
 
-def _free_port_not_in(state: dict[str, Any]) -> int:
+def _free_port_not_in(state: dict[str, Any], also: Sequence[int] = ()) -> int:
     """A free port that no scheduler of the lab has been given yet (none listens on it yet)."""
-    taken = {int(s["address"].rsplit(":", 1)[1]) for s in _schedulers(state)}
+    taken = {int(s["address"].rsplit(":", 1)[1]) for s in _schedulers(state)} | set(also)
+    taken |= {int(s["metricsAddress"].rsplit(":", 1)[1]) for s in _schedulers(state) if s.get("metricsAddress")}
     while True:
         port = free_port()
         if port not in taken:
@@ -407,7 +415,8 @@ def status(lab_dir: Path) -> dict[str, Any]:
     def proc_info(p: dict[str, Any]) -> dict[str, Any]:
         return {"pid": p["pid"], "alive": alive(p), "log": p["log"]}
 
-    schedulers = [{"name": s["name"], **proc_info(s), "address": s["address"], "lab_address": s.get("labAddress")}
+    schedulers = [{"name": s["name"], **proc_info(s), "address": s["address"], "lab_address": s.get("labAddress"),
+                   "metrics": s.get("metricsAddress")}
                   for s in _schedulers(state)]
     leader = leader_of(state)
     for s in schedulers:
@@ -420,8 +429,10 @@ def status(lab_dir: Path) -> dict[str, Any]:
         "schedulers": schedulers,
         "leader": leader,
         "agents": [{"node": a["node"], **proc_info(a), "state_dir": a["stateDir"], "cgroup_root": a["cgroupRoot"],
-                    "netns": a.get("netns"), "address": a.get("address")}
+                    "netns": a.get("netns"), "address": a.get("address"), "metrics": a.get("metricsAddress")}
                    for a in state.get("agents", [])],
+        # Prometheus' HTTP service discovery: any scheduler's lists every Ready node and every scheduler.
+        "sd_urls": [f"http://{s['metricsAddress']}/sd" for s in _schedulers(state) if s.get("metricsAddress")],
         "cgroup_root": state.get("cgroupRoot"),
         "network": _network_info(state.get("network")),
     }

@@ -1079,9 +1079,9 @@ def lab_status(status: Mapping[str, Any], *, config: str | None = None) -> str:
             return "stopped"
         return "running" if proc.get("alive") else "dead"
 
-    rows: list[Row] = [["COMPONENT", "PID", "STATE", "ADDRESS", "LOG"]]
+    rows: list[Row] = [["COMPONENT", "PID", "STATE", "ADDRESS", "METRICS", "LOG"]]
     etcd_proc = _dict(status.get("etcd_process"))
-    rows.append(["etcd", str(etcd_proc.get("pid") or "-"), state(etcd_proc), str(status.get("etcd") or "-"),
+    rows.append(["etcd", str(etcd_proc.get("pid") or "-"), state(etcd_proc), str(status.get("etcd") or "-"), "-",
                  str(etcd_proc.get("log") or "-")])
     schedulers = _list(status.get("schedulers")) if "schedulers" in status else [
         {"name": "scheduler", **_dict(status.get("scheduler"))}]
@@ -1090,11 +1090,11 @@ def lab_status(status: Mapping[str, Any], *, config: str | None = None) -> str:
         # The leader's state says so: only it schedules and runs the controllers.
         running = state(sched) + (",leader" if sched.get("leader") and state(sched) == "running" else "")
         rows.append([str(sched.get("name") or "scheduler"), str(sched.get("pid") or "-"), running,
-                     str(sched.get("address") or "-"), str(sched.get("log") or "-")])
+                     str(sched.get("address") or "-"), str(sched.get("metrics") or "-"), str(sched.get("log") or "-")])
     for a in _list(status.get("agents")):
         agent = _dict(a)
-        rows.append([f"agent/{agent.get('node', '?')}", str(agent.get("pid") or "-"), state(agent), "-",
-                     str(agent.get("log") or "-")])
+        rows.append([f"agent/{agent.get('node', '?')}", str(agent.get("pid") or "-"), state(agent),
+                     str(agent.get("address") or "-"), str(agent.get("metrics") or "-"), str(agent.get("log") or "-")])
     head = [f"server:   {status.get('server') or NONE}", f"lab dir:  {status.get('lab_dir', '')}"]
     if "leader" in status:
         leader = _dict(status.get("leader"))
@@ -1102,4 +1102,8 @@ def lab_status(status: Mapping[str, Any], *, config: str | None = None) -> str:
                     + (f" (since {leader['since']})" if leader.get("since") else ""))
     if config is not None:
         head.append(f"config:   {config}")
+    sd = [str(u) for u in _list(status.get("sd_urls"))]
+    if sd:
+        # One http_sd_configs entry with any of these finds every agent and scheduler.
+        head.append(f"metrics:  Prometheus HTTP SD at {sd[0]}" + (f" (or {', '.join(sd[1:])})" if sd[1:] else ""))
     return "\n".join(head) + "\n\n" + TableWriter().render(rows)

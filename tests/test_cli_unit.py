@@ -450,15 +450,20 @@ def test_describe_node_without_pods_skips_those_sections() -> None:
 def test_lab_status_table() -> None:
     status = {"lab_dir": "/var/lib/orch/lab", "server": "127.0.0.1:7443", "etcd": "127.0.0.1:2379",
               "etcd_process": {"pid": 10, "alive": True, "log": "/l/etcd.log"},
-              "scheduler": {"pid": 11, "alive": False, "address": "127.0.0.1:7443", "log": "/l/s.log"},
-              "agents": [{"node": "lab-node-1", "pid": 12, "alive": True, "log": "/l/n1.log"}]}
+              "scheduler": {"pid": 11, "alive": False, "address": "127.0.0.1:7443", "log": "/l/s.log",
+                            "metrics": "127.0.0.1:7444"},
+              "agents": [{"node": "lab-node-1", "pid": 12, "alive": True, "log": "/l/n1.log",
+                          "address": "10.250.3.11", "metrics": "10.250.3.11:10255"}],
+              "sd_urls": ["http://127.0.0.1:7444/sd"]}
     lines = printers.lab_status(status, config="/root/.orch/config.yaml").splitlines()
-    assert lines[:3] == ["server:   127.0.0.1:7443", "lab dir:  /var/lib/orch/lab",
-                         "config:   /root/.orch/config.yaml"]
-    assert lines[4].split() == ["COMPONENT", "PID", "STATE", "ADDRESS", "LOG"]
-    assert lines[5].split() == ["etcd", "10", "running", "127.0.0.1:2379", "/l/etcd.log"]
-    assert lines[6].split() == ["scheduler", "11", "dead", "127.0.0.1:7443", "/l/s.log"]
-    assert lines[7].split() == ["agent/lab-node-1", "12", "running", "-", "/l/n1.log"]
+    assert lines[:4] == ["server:   127.0.0.1:7443", "lab dir:  /var/lib/orch/lab",
+                         "config:   /root/.orch/config.yaml",
+                         "metrics:  Prometheus HTTP SD at http://127.0.0.1:7444/sd"]
+    assert lines[5].split() == ["COMPONENT", "PID", "STATE", "ADDRESS", "METRICS", "LOG"]
+    assert lines[6].split() == ["etcd", "10", "running", "127.0.0.1:2379", "-", "/l/etcd.log"]
+    assert lines[7].split() == ["scheduler", "11", "dead", "127.0.0.1:7443", "127.0.0.1:7444", "/l/s.log"]
+    assert lines[8].split() == ["agent/lab-node-1", "12", "running", "10.250.3.11", "10.250.3.11:10255",
+                                "/l/n1.log"]
 
 
 # --- manifests ------------------------------------------------------------------------------

@@ -35,8 +35,8 @@ def test_lab_status_shows_every_scheduler_and_marks_the_leader() -> None:
     lines = printers.lab_status(status).splitlines()
     assert lines[:3] == ["server:   127.0.0.1:1,127.0.0.1:2", "lab dir:  /l",
                          "leader:   vm_12_ab (since 2024-05-01T10:00:00Z)"]
-    assert lines[6].split() == ["scheduler-1", "11", "dead", "127.0.0.1:1", "/l/s1.log"]
-    assert lines[7].split() == ["scheduler-2", "12", "running,leader", "127.0.0.1:2", "/l/s2.log"]
+    assert lines[6].split() == ["scheduler-1", "11", "dead", "127.0.0.1:1", "-", "/l/s1.log"]
+    assert lines[7].split() == ["scheduler-2", "12", "running,leader", "127.0.0.1:2", "-", "/l/s2.log"]
     assert "leader:   <none>" in printers.lab_status({**status, "leader": None})
 
 
