@@ -18,6 +18,8 @@ import secrets
 import select
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -166,30 +168,19 @@ def test_ipam_concurrent_threads_and_processes(tmp_path: Path) -> None:
         ipam = Ipam("10.10.0.0/22", ipam_dir)
         return [ipam.allocate(f"{prefix}-{i}") for i in range(n)]
 
-    children = []
-    for k in range(2):
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            os.close(r)
-            try:
-                out = " ".join(str(x) for x in take(f"proc{k}", 60))
-                os.write(w, out.encode())
-            finally:
-                os._exit(0)
-        os.close(w)
-        children.append((pid, r))
+    # Other processes are fresh interpreters, not forks: a fork of this multi-threaded
+    # process (gRPC's and the tests' threads) can inherit a lock held mid-operation and hang.
+    child = ("import sys\nfrom agent.network import Ipam\nipam = Ipam('10.10.0.0/22', sys.argv[1])\n"
+             "print(' '.join(str(ipam.allocate(f'{sys.argv[2]}-{i}')) for i in range(60)))")
+    children = [subprocess.Popen([sys.executable, "-c", child, str(ipam_dir), f"proc{k}"], stdout=subprocess.PIPE,
+                                 cwd=Path(__file__).resolve().parent.parent, text=True) for k in range(2)]
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda k: take(f"thread{k}", 60), range(4)))
     addresses = [a for res in results for a in res]
-    for pid, r in children:
-        data = b""
-        while chunk := os.read(r, 65536):
-            data += chunk
-        os.close(r)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        addresses += [IPv4Address(x) for x in data.decode().split()]
+    for proc in children:
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        addresses += [IPv4Address(x) for x in out.split()]
     assert len(addresses) == 360 and len(set(addresses)) == 360
     assert len(Ipam("10.10.0.0/22", ipam_dir).allocations()) == 360
 
