@@ -40,6 +40,7 @@ import subprocess
 import tempfile
 import termios
 import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -188,6 +189,32 @@ class NodeAgentService(pb_grpc.NodeAgentServicer):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
+
+    # --- usage (orchctl top) ---------------------------------------------------
+
+    async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsReply:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.stats)
+
+    def stats(self) -> pb.StatsReply:
+        """Every running container's CPU time and working set, and the node cgroup's, read now
+        from the cgroups (blocking: run in the pool)."""
+        runtime = self.agent.runtime
+        reply = pb.StatsReply(node=self.agent.config.name, timestamp=time.time())
+        for st in runtime.list():
+            if st.status != ContainerStatus.RUNNING:
+                continue
+            usage = runtime.driver.stats(st.cgroup)
+            if usage.cpu_usage_seconds is None and usage.memory_working_set_bytes is None:
+                continue  # its cgroup went away meanwhile
+            cfg = st.config
+            reply.containers.append(pb.ContainerStats(
+                namespace=cfg.pod_namespace, pod=cfg.pod_name, pod_uid=cfg.pod_uid, container=cfg.name,
+                cpu_usage_seconds=usage.cpu_usage_seconds or 0.0,
+                memory_working_set_bytes=usage.memory_working_set_bytes or 0))
+        node = runtime.driver.stats(runtime.cgroup_root)
+        reply.node_cpu_usage_seconds = node.cpu_usage_seconds or 0.0
+        reply.node_memory_working_set_bytes = node.memory_working_set_bytes or 0
+        return reply
 
     # --- logs ---------------------------------------------------------------
 

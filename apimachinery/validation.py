@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -51,11 +53,17 @@ from apimachinery.quantity import QuantityError, parse_cpu, parse_memory
 
 __all__ = [
     "DEFAULT_SCHEDULER_NAME",
+    "MAX_DEPTH",
+    "MAX_GRACE_PERIOD_SECONDS",
+    "MAX_OBJECT_BYTES",
     "RESOURCE_NAMES",
     "SUPPORTED_KINDS",
     "container_limits",
     "container_requests",
+    "DocumentError",
     "default_image_pull_policy",
+    "document_problem",
+    "loads_json",
     "pod_requests",
     "validate",
     "validate_node_spec",
@@ -78,6 +86,134 @@ INT64_MIN = -(2**63)
 
 # Kubernetes caps the total size of an object's annotations at 256 KiB.
 _ANNOTATIONS_MAX_BYTES = 256 * 1024
+
+# --- limits on any document, whatever its kind ---------------------------------------
+#
+# These bound what a hostile or broken document can cost before validation looks at
+# its meaning: ``orchctl`` applies them to what it reads from YAML or JSON, the
+# Cluster API to every JSON document it is sent (``document_problem``).
+
+#: etcd's default ``--max-request-bytes`` (1.5 MiB): the most one etcd write, and so one
+#: object, can be. kube-apiserver has the same outer bound for the same reason.
+MAX_OBJECT_BYTES = 3 * 512 * 1024
+
+#: Collections nested deeper than this are refused. The deepest path the schema has
+#: (a Deployment's pod anti-affinity term's matchExpressions values) is 13 levels, real
+#: manifests measure 5 to 8; 64 leaves room and keeps every recursive walk of a document
+#: (json, copy.deepcopy, the merge patch) far from Python's recursion limit.
+MAX_DEPTH = 64
+
+#: The longest a termination grace period may be, in seconds: about 68 years. Kubernetes
+#: allows any int64, but a deletion deadline past the year 9999 cannot be written down
+#: (Python's datetime, and RFC 3339, stop there).
+MAX_GRACE_PERIOD_SECONDS = INT32_MAX
+
+
+class DocumentError(ValueError):
+    """A JSON text that ``loads_json`` refuses for more than its syntax; the message says why."""
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DocumentError(f"duplicate key {json.dumps(key[:80], ensure_ascii=False)} in one JSON object")
+        out[key] = value
+    return out
+
+
+def _json_int(text: str) -> int:
+    # Checked before int(): Python refuses strings of over 4300 digits with a bare ValueError.
+    if len(text.lstrip("-")) > 19 or not INT64_MIN <= int(text) <= INT64_MAX:
+        return _out_of_range(text)
+    return int(text)
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        _out_of_range(text)
+    return value
+
+
+def _out_of_range(text: str) -> Any:
+    shown = text if len(text) <= 24 else text[:21] + "..."
+    raise DocumentError(f"number {shown} out of range: integers must fit in 64 bits, and numbers be finite")
+
+
+def _json_constant(name: str) -> Any:
+    raise DocumentError(f"{name} is not a JSON number; numbers must be finite")
+
+
+def loads_json(text: str) -> Any:
+    """``json.loads(text)``, refusing what no stored object may hold, and what Python's json
+    would take without a word: NaN and Infinity, integers outside int64 (or longer than
+    Python converts), duplicate keys (Python keeps the last; kubectl's strict field
+    validation refuses them, since two ``image:`` lines do not say which was meant), and
+    nesting deep enough to exhaust the parser's recursion. Syntax errors raise
+    ``json.JSONDecodeError``, the rest ``DocumentError``; walk the result with
+    ``document_problem`` for the rest of the limits.
+    """
+    try:
+        return json.loads(text, object_pairs_hook=_object_without_duplicates, parse_int=_json_int,
+                          parse_float=_json_float, parse_constant=_json_constant)
+    except RecursionError:
+        raise DocumentError(f"nested deeper than {MAX_DEPTH} levels") from None
+
+
+def _text_problem(text: str) -> str | None:
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Only a JSON escape like "\ud800" makes one: it is half of a UTF-16 pair, no character.
+        return "contains a lone UTF-16 surrogate, which is not a Unicode character"
+    return None
+
+
+def document_problem(value: Any, *, max_depth: int = MAX_DEPTH) -> tuple[str, str] | None:
+    """The first thing that makes ``value`` no JSON document orch can store, as
+    ``(field path, why)``; None when it is one.
+
+    Refused: nesting deeper than ``max_depth``; mapping keys that are not strings (YAML
+    allows ``1:`` or ``on:``); integers outside int64 and non-finite numbers (NaN,
+    Infinity: no JSON, and nothing Go's decoder would read back); strings with lone
+    surrogates; any other type (a YAML ``!!set``, bytes, dates). The walk is iterative,
+    so a deep document cannot exhaust the stack while being checked.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth > max_depth:
+                return path, f"nested deeper than {max_depth} levels"
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return path, f"mapping keys must be strings, got {describe_value(key)}"
+                problem = _text_problem(key)
+                if problem:
+                    return path, f"a key {problem}"
+                stack.append((child, _field(path, key), depth + 1))
+        elif isinstance(item, list):
+            if depth > max_depth:
+                return path, f"nested deeper than {max_depth} levels"
+            stack.extend((child, _index(path, i), depth + 1) for i, child in enumerate(item))
+        elif isinstance(item, str):
+            problem = _text_problem(item)
+            if problem:
+                return path, problem
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if not INT64_MIN <= item <= INT64_MAX:
+                return path, "integer out of range: numbers must fit in 64 bits"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return path, f"{item!r} is not a number JSON can hold; numbers must be finite"
+        else:
+            return path, f"a value of type {type(item).__name__} cannot be part of an object"
+    return None
 
 # Fields Kubernetes has and orch does not. Reported as unsupported rather than as a
 # typo, so that someone applying a real Kubernetes manifest is not told to check
@@ -469,7 +605,7 @@ _METADATA_FIELDS: dict[str, Check] = {
     "generation": _integer(0),
     "creationTimestamp": _string(rule=_rfc3339),
     "deletionTimestamp": _string(rule=_rfc3339),
-    "deletionGracePeriodSeconds": _integer(0),
+    "deletionGracePeriodSeconds": _integer(0, MAX_GRACE_PERIOD_SECONDS),
     "ownerReferences": _owner_references,
 }
 
@@ -863,7 +999,7 @@ _POD_SPEC_FIELDS: dict[str, Check] = {
     "restartPolicy": _enum("Always", "OnFailure", "Never"),
     "nodeSelector": _labels,
     "nodeName": _string(rule=validate_dns1123_subdomain),
-    "terminationGracePeriodSeconds": _integer(0),
+    "terminationGracePeriodSeconds": _integer(0, MAX_GRACE_PERIOD_SECONDS),
     "activeDeadlineSeconds": _integer(1),
     "schedulerName": _string(rule=validate_dns1123_subdomain),
     "hostname": _string(rule=validate_dns1123_label),

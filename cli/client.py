@@ -127,6 +127,11 @@ class ClusterClient:
         reply = self._call("PatchNode", pb.PatchNodeRequest(name=name, spec_patch_json=json.dumps(spec_patch)))
         return json.loads(reply.object_json)
 
+    def top(self, kind: str, namespace: str = "") -> pb.TopReply:
+        """What ``kind`` ("nodes" or "pods") use now, from the agents (the server reads them twice
+        when it has no recent reading, so this may take a second)."""
+        return self._call("Top", pb.TopRequest(kind=kind, namespace=namespace))
+
     def watch(
         self, kind: str, namespace: str = "", label_selector: str = "", resource_version: int = 0,
         timeout: float | None = None,

@@ -9,6 +9,7 @@
     orchctl exec POD [-c CONTAINER] [-i] [-t] -- COMMAND [ARG...]
     orchctl cordon|uncordon NODE; orchctl drain NODE [--force] [--grace-period N] [--timeout DURATION]
     orchctl scale deployment/NAME --replicas N
+    orchctl top nodes|pods [-n NS | -A] [--containers]
     orchctl rollout status|history|undo|restart deployment/NAME [--timeout D] [--revision N] [--to-revision N]
     orchctl lab up [--nodes N] [--schedulers N] [--dir DIR] [--apply FILE] | lab down [--dir DIR]
     orchctl lab status [-o json]
@@ -45,7 +46,7 @@ from typing import Any, NoReturn, TextIO
 
 from apimachinery.errors import ConflictError, ExpiredError, NotFoundError, OrchError, UnavailableError
 from apimachinery.meta import KINDS, Kind, Obj, kind_for
-from cli import manifests, printers, rollout
+from cli import manifests, printers, rollout, safe
 from cli.client import DEFAULT_TIMEOUT, ClusterClient
 from cli.config import Config, ConfigError, config_path, load_config, resolve_server, save_config
 
@@ -281,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=_non_negative_int, required=True, metavar="N")
     p.set_defaults(func=cmd_scale)
 
+    p = sub.add_parser("top", parents=[common], help="CPU and memory of nodes or pods, as kubectl top",
+                       usage=f"{PROG} top nodes|pods [-n NS | -A] [--containers]")
+    p.add_argument("what", choices=("nodes", "node", "no", "pods", "pod", "po"), metavar="nodes|pods")
+    p.add_argument("--containers", action="store_true", help="pods: one line per container")
+    _add_all_namespaces(p)
+    p.set_defaults(func=cmd_top)
+
     rollout = sub.add_parser("rollout", parents=[common], help="manage the rollout of a Deployment",
                              description="Watch, list, undo or restart the rollouts of a Deployment.")
     rollout_sub = rollout.add_subparsers(dest="rollout_command", metavar="status|history|undo|restart",
@@ -389,12 +397,14 @@ class Session:
 
 
 def out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
+    # Escaped whatever the output: names are safe, but messages, annotations and
+    # events can hold terminal escapes (cli/safe.py; JSON and YAML keep their meaning).
+    sys.stdout.write(safe.escape_terminal(text) + "\n")
     sys.stdout.flush()
 
 
 def err(text: str) -> None:
-    sys.stderr.write(text + "\n")
+    sys.stderr.write(safe.escape_terminal(text) + "\n")
     sys.stderr.flush()
 
 
@@ -522,7 +532,7 @@ def _print_objects(objects: Sequence[Obj], output: str, *, single: bool) -> None
             out(printers.object_name(o))
         return
     payload: Any = objects[0] if single and len(objects) == 1 else printers.as_list(objects)
-    out(printers.to_json(payload) if output == "json" else printers.to_yaml(payload))
+    out(printers.to_json(payload) if output == "json" else safe.to_yaml(payload))
 
 
 def apply_documents(session: Session, docs: Sequence[manifests.Document], *, dry_run: str = "none",
@@ -703,7 +713,7 @@ def _print_watched(obj: Obj, output: str) -> None:
     if output == "json":
         out(printers.to_json(obj))
     else:
-        out("---\n" + printers.to_yaml(obj))
+        out("---\n" + safe.to_yaml(obj))
 
 
 def watch_changes(client: ClusterClient, kind: Kind, namespace: str, selector: str, resource_version: int,
@@ -784,7 +794,7 @@ def cmd_describe(session: Session) -> int:
         events = _events_about(client, obj) if obj.get("kind") == "Pod" else None
         if i:
             out()
-        sys.stdout.write(printers.describe(obj, node_pods=node_pods, now=now, events=events))
+        sys.stdout.write(safe.escape_terminal(printers.describe(obj, node_pods=node_pods, now=now, events=events)))
         sys.stdout.flush()
     for message in failed:
         err(f"error: {message}")
@@ -962,6 +972,17 @@ def _target(session: Session, command: str) -> tuple[str, str]:
     return name, choose_container(pod, session.args.container)
 
 
+def _write_log(stream: TextIO, data: bytes, escaper: safe.LogEscaper | None) -> None:
+    """A container's log bytes: as they are in a pipe or a file, escaped on a terminal, where
+    a container could otherwise move the cursor, rewrite lines or set the clipboard
+    (kubectl passes them through; ``orchctl logs POD | cat`` still does)."""
+    if escaper is None:
+        _write_bytes(stream, data)
+    else:
+        stream.write(escaper.feed(data))
+        stream.flush()
+
+
 def _write_bytes(stream: TextIO, data: bytes) -> None:
     stream.flush()
     buffer = getattr(stream, "buffer", None)
@@ -999,11 +1020,14 @@ def cmd_logs(session: Session) -> int:
     name, container = _target(session, "logs")
     tail = args.tail if args.tail >= 0 else None
     since = int(args.since + 0.999) if args.since is not None else None
+    escaper = safe.LogEscaper() if _isatty(sys.stdout) else None
     try:
         for entry in session.client.logs(session.namespace, name, container, follow=args.follow, tail=tail,
                                          previous=args.previous, timestamps=args.timestamps,
                                          since_seconds=since):
-            _write_bytes(sys.stdout, entry.content)
+            _write_log(sys.stdout, entry.content, escaper)
+        if escaper is not None:
+            sys.stdout.write(escaper.end())
     except UnavailableError as e:
         raise _proxied(e) from e
     return EXIT_OK
@@ -1376,6 +1400,28 @@ def cmd_scale(session: Session) -> int:
 
     update_deployment(session.client, session.namespace, name, change)
     out(f"deployment.apps/{name} scaled")
+    return EXIT_OK
+
+
+def cmd_top(session: Session) -> int:
+    """CPU (millicores, the rate between two readings of the agents) and memory working set,
+    with kubectl top's columns; nodes' percentages are of their allocatable."""
+    args = session.args
+    kind = "nodes" if args.what in ("nodes", "node", "no") else "pods"
+    namespace = "" if kind == "nodes" or args.all_namespaces else session.namespace
+    reply = session.client.top(kind, namespace)
+    if kind == "nodes":
+        nodes = {n["metadata"]["name"]: n for n in session.client.list("Node")[0]}
+        if not reply.entries:
+            raise CliError("metrics not available yet: no node's agent answered")
+        out(printers.top_nodes_table(list(reply.entries), nodes).rstrip("\n"))
+        return EXIT_OK
+    if not reply.entries:
+        where = "in any namespace" if args.all_namespaces else f'in namespace "{session.namespace}"'
+        err(f"No resources found {where}.")
+        return EXIT_OK
+    out(printers.top_pods_table(list(reply.entries), all_namespaces=args.all_namespaces,
+                                containers=args.containers).rstrip("\n"))
     return EXIT_OK
 
 

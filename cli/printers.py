@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from apimachinery.meta import Kind, Obj, kind_for
+from apimachinery.quantity import QuantityError, parse_cpu, parse_memory
 
 NONE = "<none>"
 UNKNOWN = "<unknown>"
@@ -1107,3 +1108,40 @@ def lab_status(status: Mapping[str, Any], *, config: str | None = None) -> str:
         # One http_sd_configs entry with any of these finds every agent and scheduler.
         head.append(f"metrics:  Prometheus HTTP SD at {sd[0]}" + (f" (or {', '.join(sd[1:])})" if sd[1:] else ""))
     return "\n".join(head) + "\n\n" + TableWriter().render(rows)
+
+
+# --- orchctl top ------------------------------------------------------------------------------
+
+
+def _top_memory(n: int) -> str:
+    return f"{n // (1024 * 1024)}Mi"  # kubectl top prints whole mebibytes
+
+
+def top_nodes_table(entries: Sequence[Any], nodes: Mapping[str, Obj]) -> str:
+    """kubectl top node's table; the percentages are of the node's allocatable, as kubectl's."""
+    rows: list[Row] = [["NAME", "CPU(cores)", "CPU(%)", "MEMORY(bytes)", "MEMORY(%)"]]
+    for e in sorted(entries, key=lambda e: e.name):
+        alloc = _dict(_dict(nodes.get(e.name, {}).get("status")).get("allocatable"))
+        try:
+            cpu_pct = f"{100 * e.cpu_millis // parse_cpu(alloc['cpu'])}%"
+            mem_pct = f"{100 * e.memory_bytes // parse_memory(alloc['memory'])}%"
+        except (KeyError, ZeroDivisionError, QuantityError):
+            cpu_pct = mem_pct = UNKNOWN
+        rows.append([e.name, f"{e.cpu_millis}m", cpu_pct, _top_memory(e.memory_bytes), mem_pct])
+    return TableWriter().render(rows)
+
+
+def top_pods_table(entries: Sequence[Any], *, all_namespaces: bool, containers: bool) -> str:
+    """kubectl top pod's table: one row per pod (its containers summed), or per container."""
+    sums: dict[tuple[str, str, str], list[int]] = {}
+    for e in entries:
+        key = (e.namespace, e.name, e.container if containers else "")
+        total = sums.setdefault(key, [0, 0])
+        total[0] += e.cpu_millis
+        total[1] += e.memory_bytes
+    head = (["NAMESPACE"] if all_namespaces else []) + (["POD", "NAME"] if containers else ["NAME"])
+    rows: list[Row] = [head + ["CPU(cores)", "MEMORY(bytes)"]]
+    for (ns, pod, container), (cpu, mem) in sorted(sums.items()):
+        rows.append(([ns] if all_namespaces else []) + ([pod, container] if containers else [pod])
+                    + [f"{cpu}m", _top_memory(mem)])
+    return TableWriter().render(rows)

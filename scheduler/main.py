@@ -24,9 +24,9 @@ import grpc
 import prometheus_client
 
 from apimachinery.meta import CONTROLLER_REVISION, DEPLOYMENT, LEASE, NODE, POD
-from apimachinery.pb import cluster_pb2_grpc, node_pb2_grpc
+from apimachinery.pb import node_pb2_grpc
 from apimachinery.tasks import TaskGroup
-from scheduler.api import ClusterService
+from scheduler.api import ClusterService, add_cluster_service
 from scheduler.config import config_file_argument, default_profiles
 from scheduler.controllers import DeploymentController, NodeLifecycleController
 from scheduler.events import EventRecorder
@@ -218,10 +218,11 @@ async def serve(args: argparse.Namespace) -> None:
                                            advertise)
 
     # No SO_REUSEPORT (gRPC's default): a second process on this port must fail, not share it.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)],
+    # 4 MiB requests at most: an object is at most 1.5 MiB (etcd's limit), an Apply 60 of them.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)],
                              interceptors=[metrics.grpc] if metrics is not None else None)
     cluster = ClusterService(registry)
-    cluster_pb2_grpc.add_ClusterServicer_to_server(cluster, server)
+    add_cluster_service(server, cluster)  # refuses undecodable requests cleanly (scheduler/api.py)
     node_pb2_grpc.add_NodeServiceServicer_to_server(node_service, server)
     for address in filter(None, (a.strip() for a in args.listen.split(","))):
         if server.add_insecure_port(address) == 0:

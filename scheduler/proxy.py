@@ -20,17 +20,20 @@ with its code and message.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
 import grpc
 
-from apimachinery.errors import OrchError, PreconditionError, UnavailableError
+from apimachinery.errors import FieldError, OrchError, PreconditionError, UnavailableError, ValidationError
 from apimachinery.execstream import exec_start
 from apimachinery.meta import NODE, POD, Obj
 from apimachinery.pb import agent_pb2 as pb
 from apimachinery.pb import agent_pb2_grpc as pb_grpc
+from apimachinery.pb import cluster_pb2 as cpb
 from scheduler.store import Store
 
 __all__ = ["AgentProxy", "PreconditionError", "agent_endpoint"]
@@ -194,3 +197,90 @@ class AgentProxy:
         finally:
             call.cancel()
 
+
+
+# --- orchctl top ---------------------------------------------------------------------------
+
+#: A reading older than this is not used as the first of two: top takes a fresh pair.
+TOP_MAX_AGE = 60.0
+#: Seconds between two fresh readings when there is no recent one.
+TOP_WINDOW = 1.0
+#: How long one agent may take to answer Stats.
+TOP_TIMEOUT = 5.0
+
+
+def top_entries(kind: str, namespace: str, before: pb.StatsReply, after: pb.StatsReply) -> list[cpb.TopEntry]:
+    """``orchctl top`` rows for one node from two of its readings: CPU as the rate between
+    them (millicores), memory as the later working set. Containers that were not running
+    at the first reading have no rate yet and are left out, as metrics-server leaves them."""
+    dt = after.timestamp - before.timestamp
+    if dt <= 0:
+        return []
+    if kind == "nodes":
+        cpu = max(0.0, after.node_cpu_usage_seconds - before.node_cpu_usage_seconds) / dt
+        return [cpb.TopEntry(name=after.node, node=after.node, cpu_millis=round(cpu * 1000),
+                             memory_bytes=after.node_memory_working_set_bytes)]
+    earlier = {(c.pod_uid, c.container): c.cpu_usage_seconds for c in before.containers}
+    rows = []
+    for c in after.containers:
+        if namespace and c.namespace != namespace:
+            continue
+        first = earlier.get((c.pod_uid, c.container))
+        if first is None or c.cpu_usage_seconds < first:
+            continue  # new, or restarted since: no rate yet
+        rows.append(cpb.TopEntry(namespace=c.namespace, name=c.pod, container=c.container, node=after.node,
+                                 cpu_millis=round((c.cpu_usage_seconds - first) / dt * 1000),
+                                 memory_bytes=c.memory_working_set_bytes))
+    return rows
+
+
+class UsageSampler:
+    """The agents' Stats readings that ``orchctl top`` computes rates from: the last reading of
+    each node is kept, so a ``top`` within ``TOP_MAX_AGE`` of the previous one answers at once;
+    otherwise it reads every node twice, ``TOP_WINDOW`` apart."""
+
+    def __init__(self, proxy: AgentProxy) -> None:
+        self.proxy = proxy
+        self._last: dict[str, tuple[float, pb.StatsReply]] = {}
+
+    async def _read(self, name: str, endpoint: str) -> pb.StatsReply | None:
+        try:
+            return await self.proxy._stub(endpoint).Stats(pb.StatsRequest(), timeout=TOP_TIMEOUT)
+        except grpc.aio.AioRpcError as e:
+            await self.proxy._translate(e, name, endpoint)
+            log.info("top: node %s (%s) did not answer: %s", name, endpoint, e.details())
+            return None
+
+    async def top(self, kind: str, namespace: str) -> tuple[list[cpb.TopEntry], float]:
+        if kind not in ("nodes", "pods"):
+            raise ValidationError(FieldError("kind", f'must be "nodes" or "pods", got {kind!r}'))
+        nodes, _ = await self.proxy.store.list(NODE)
+        targets = {n["metadata"]["name"]: ep for n in nodes if (ep := agent_endpoint(n)) is not None}
+        if not targets:
+            return [], 0.0
+        now = time.monotonic()
+        fresh = {name: (at, reply) for name, (at, reply) in self._last.items()
+                 if name in targets and now - at <= TOP_MAX_AGE}
+        first: dict[str, pb.StatsReply] = {name: reply for name, (_, reply) in fresh.items()}
+        missing = [name for name in targets if name not in fresh]
+        if missing:
+            readings = await asyncio.gather(*(self._read(name, targets[name]) for name in missing))
+            first.update({name: r for name, r in zip(missing, readings, strict=True) if r is not None})
+            await asyncio.sleep(TOP_WINDOW)
+        else:
+            # A rate over a few milliseconds (two tops in a row) is noise: at least TOP_WINDOW.
+            youngest = max((at for at, _ in fresh.values()), default=now)
+            await asyncio.sleep(max(0.0, TOP_WINDOW - (now - youngest)))
+        names = sorted(first)
+        seconds = await asyncio.gather(*(self._read(name, targets[name]) for name in names))
+        entries: list[cpb.TopEntry] = []
+        windows = []
+        for name, second in zip(names, seconds, strict=True):
+            if second is None:
+                continue
+            self._last[name] = (time.monotonic(), second)
+            entries += top_entries(kind, namespace, first[name], second)
+            windows.append(second.timestamp - first[name].timestamp)
+        for gone in set(self._last) - set(targets):
+            del self._last[gone]
+        return entries, max(windows, default=0.0)

@@ -9,6 +9,9 @@ created by a controller obeys the same rules as one applied by a user.
 * Apply replaces what the user owns (``metadata.labels``, ``metadata.annotations``,
   ``spec``) and keeps what the server owns (uid, creationTimestamp, status). An
   explicit ``metadata.resourceVersion`` in the document is a precondition.
+* Nothing is sent to etcd that etcd would refuse as too large (``--max-request-bytes``,
+  1.5 MiB for a whole transaction): that is a ValidationError naming the objects, not an
+  etcd error that would reach the client as UNAVAILABLE (and make it try another scheduler).
 * ``delete`` of a Pod bound to a node is graceful: the Pod is marked with
   ``deletionTimestamp``; its node stops it and reports, and only then is the key
   removed (``finalize_pod``).
@@ -18,14 +21,16 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from apimachinery.errors import ConflictError, FieldError, NotFoundError, OrchError, ValidationError
 from apimachinery.meta import KINDS, NODE, POD, PRIORITY_CLASS, Kind, Obj, now_rfc3339, ref
-from apimachinery.validation import validate, validate_node_spec
+from apimachinery.validation import MAX_GRACE_PERIOD_SECONDS, MAX_OBJECT_BYTES, validate, validate_node_spec
 from scheduler.podcidr import release_pod_cidrs
 from scheduler.store import Store, Write
 
@@ -63,6 +68,29 @@ def default_tolerations(spec: dict[str, Any], not_ready_seconds: int | None = DE
         added = True
     if added:
         spec["tolerations"] = tolerations
+
+
+#: What an etcd transaction costs beyond its values, per object: the key twice (its compare
+#: and its put) and the fields that frame them; and once, for the request and a fence.
+TXN_BYTES_PER_OBJECT = 64
+TXN_BYTES_FIXED = 1024
+
+
+def check_transaction_size(objs: list[Obj], key_of: Callable[[Obj], bytes]) -> None:
+    """Raise a ValidationError when writing ``objs`` in one transaction would exceed
+    etcd's request limit; ``key_of(obj)`` is the object's etcd key."""
+    sizes = [len(json.dumps(o, sort_keys=True, separators=(",", ":")).encode()) for o in objs]
+    framing = [2 * len(key_of(o)) + TXN_BYTES_PER_OBJECT for o in objs]
+    total = TXN_BYTES_FIXED + sum(sizes) + sum(framing)
+    if total <= MAX_OBJECT_BYTES:
+        return
+    if len(objs) == 1:
+        raise ValidationError(FieldError("", f"the object is too large: {sizes[0]} bytes as stored; the most is "
+                                             f"{MAX_OBJECT_BYTES - TXN_BYTES_FIXED - framing[0]} "
+                                             "(etcd's request limit)"))
+    raise ValidationError(FieldError("", f"the objects are too large to write together: {total} bytes as stored "
+                                         f"(the largest {max(sizes)}); the most is {MAX_OBJECT_BYTES} (etcd's request "
+                                         "limit): apply them in smaller groups"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +334,11 @@ class Registry:
                 continue
             results.append(ApplyResult("configured", merged))
             writes.append(Write(merged, current_rv))
-        if dry_run or not writes:
+        if not writes:
+            return results
+        # Dry runs too: a dry run says whether the real apply would go through.
+        check_transaction_size([w.obj for w in writes], self.store.key_of)
+        if dry_run:
             return results
         stored = await self.store.write(writes)
         by_key = {self.store.key_of(o): o for o in stored}
@@ -356,6 +388,8 @@ class Registry:
         node_name = pod["spec"].get("nodeName")
         if grace is None:
             grace = int(pod["spec"].get("terminationGracePeriodSeconds", 30))
+        # A pod stored before the cap existed may ask for more than a date can hold.
+        grace = min(grace, MAX_GRACE_PERIOD_SECONDS)
         node = await self.store.get_or_none(NODE, None, node_name) if node_name else None
         if node is None:
             # Never reached a node (or the node is gone): nothing runs it, remove it now.
@@ -413,6 +447,7 @@ class Registry:
             if spec == (node.get("spec") or {}):
                 return None
             node["spec"] = spec
+            check_transaction_size([node], self.store.key_of)
             return node
 
         updated = await self.store.update_with_retry(NODE, None, name, mutate)

@@ -278,3 +278,33 @@ def test_a_node_that_goes_leaves_the_targets_and_comes_back_without_touching_pro
     labmod.restart(mlab.dir, gone)  # its agent starts again and registers the node anew
     wait_for(lambda: agent_targets(prometheus) == nodes, timeout=90, interval=0.5,
              what=f"{gone} back in Prometheus' targets")
+
+
+def test_orchctl_top_shows_pods_and_nodes_from_the_agents_numbers(
+        mlab: LabCluster, ns: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with mlab.client() as c:
+        c.apply([pod("spin", ns, SPIN, node="lab-node-2"), pod("hog", ns, HOG, node="lab-node-1")])
+    running(mlab, ns, "spin")
+    running(mlab, ns, "hog")
+
+    def rows() -> dict[str, list[str]] | None:
+        capsys.readouterr()
+        assert mlab.orchctl("-n", ns, "top", "pods") == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].split() == ["NAME", "CPU(cores)", "MEMORY(bytes)"]
+        table = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+        if set(table) != {"spin", "hog"} or int(table["hog"][1].removesuffix("Mi")) < 90:
+            return None  # the hog still allocating, or a pod without a first reading yet
+        return table
+
+    table = wait_for(rows, timeout=60, interval=1, what="both pods in orchctl top")
+    assert 600 <= int(table["spin"][0].removesuffix("m")) <= 1100, table  # one busy thread
+    assert int(table["hog"][0].removesuffix("m")) < 300, table
+
+    assert mlab.orchctl("top", "nodes") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["NAME", "CPU(cores)", "CPU(%)", "MEMORY(bytes)", "MEMORY(%)"]
+    nodes = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert set(nodes) == {a["node"] for a in mlab.info["agents"]}
+    assert int(nodes["lab-node-2"][0].removesuffix("m")) >= 500  # the spinning pod's node
+    assert int(nodes["lab-node-1"][2].removesuffix("Mi")) >= 90  # the hog's node

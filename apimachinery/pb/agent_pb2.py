@@ -24,35 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x61gent.proto\x12\x07orch.v1\";\n\nImageChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\treference\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\"2\n\rImportedImage\x12\x11\n\treference\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"W\n\x10ImportImageReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12&\n\x06images\x18\x02 \x03(\x0b\x32\x16.orch.v1.ImportedImage\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xdd\x01\n\x0bLogsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03pod\x18\x02 \x01(\t\x12\x11\n\tcontainer\x18\x03 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x12\x17\n\ntail_lines\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x08previous\x18\x06 \x01(\x08\x12\x12\n\ntimestamps\x18\x07 \x01(\x08\x12\x1a\n\rsince_seconds\x18\x08 \x01(\x03H\x01\x88\x01\x01\x12\x0f\n\x07pod_uid\x18\t \x01(\tB\r\n\x0b_tail_linesB\x10\n\x0e_since_seconds\">\n\x08LogEntry\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\".\n\x08LogChunk\x12\"\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x11.orch.v1.LogEntry\"*\n\x0cTerminalSize\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\"\xaa\x01\n\tExecStart\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03pod\x18\x02 \x01(\t\x12\x11\n\tcontainer\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x03(\t\x12\r\n\x05stdin\x18\x05 \x01(\x08\x12\x0b\n\x03tty\x18\x06 \x01(\x08\x12,\n\rterminal_size\x18\x07 \x01(\x0b\x32\x15.orch.v1.TerminalSize\x12\x0f\n\x07pod_uid\x18\x08 \x01(\t\"\x8a\x01\n\tExecInput\x12#\n\x05start\x18\x01 \x01(\x0b\x32\x12.orch.v1.ExecStartH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x63lose_stdin\x18\x03 \x01(\x08H\x00\x12\'\n\x06resize\x18\x04 \x01(\x0b\x32\x15.orch.v1.TerminalSizeH\x00\x42\x07\n\x05input\".\n\nExecResult\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"a\n\nExecOutput\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12%\n\x06result\x18\x03 \x01(\x0b\x32\x13.orch.v1.ExecResultH\x00\x42\x08\n\x06output2\xb4\x01\n\tNodeAgent\x12\x31\n\x04Logs\x12\x14.orch.v1.LogsRequest\x1a\x11.orch.v1.LogChunk0\x01\x12\x33\n\x04\x45xec\x12\x12.orch.v1.ExecInput\x1a\x13.orch.v1.ExecOutput(\x01\x30\x01\x12?\n\x0bImportImage\x12\x13.orch.v1.ImageChunk\x1a\x19.orch.v1.ImportImageReply(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x61gent.proto\x12\x07orch.v1\"\x0e\n\x0cStatsRequest\"\x91\x01\n\x0e\x43ontainerStats\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03pod\x18\x02 \x01(\t\x12\x0f\n\x07pod_uid\x18\x03 \x01(\t\x12\x11\n\tcontainer\x18\x04 \x01(\t\x12\x19\n\x11\x63pu_usage_seconds\x18\x05 \x01(\x01\x12 \n\x18memory_working_set_bytes\x18\x06 \x01(\x04\"\xa1\x01\n\nStatsReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\x01\x12+\n\ncontainers\x18\x03 \x03(\x0b\x32\x17.orch.v1.ContainerStats\x12\x1e\n\x16node_cpu_usage_seconds\x18\x04 \x01(\x01\x12%\n\x1dnode_memory_working_set_bytes\x18\x05 \x01(\x04\";\n\nImageChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\treference\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\"2\n\rImportedImage\x12\x11\n\treference\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"W\n\x10ImportImageReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12&\n\x06images\x18\x02 \x03(\x0b\x32\x16.orch.v1.ImportedImage\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xdd\x01\n\x0bLogsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03pod\x18\x02 \x01(\t\x12\x11\n\tcontainer\x18\x03 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x12\x17\n\ntail_lines\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x08previous\x18\x06 \x01(\x08\x12\x12\n\ntimestamps\x18\x07 \x01(\x08\x12\x1a\n\rsince_seconds\x18\x08 \x01(\x03H\x01\x88\x01\x01\x12\x0f\n\x07pod_uid\x18\t \x01(\tB\r\n\x0b_tail_linesB\x10\n\x0e_since_seconds\">\n\x08LogEntry\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\".\n\x08LogChunk\x12\"\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x11.orch.v1.LogEntry\"*\n\x0cTerminalSize\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\"\xaa\x01\n\tExecStart\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03pod\x18\x02 \x01(\t\x12\x11\n\tcontainer\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x03(\t\x12\r\n\x05stdin\x18\x05 \x01(\x08\x12\x0b\n\x03tty\x18\x06 \x01(\x08\x12,\n\rterminal_size\x18\x07 \x01(\x0b\x32\x15.orch.v1.TerminalSize\x12\x0f\n\x07pod_uid\x18\x08 \x01(\t\"\x8a\x01\n\tExecInput\x12#\n\x05start\x18\x01 \x01(\x0b\x32\x12.orch.v1.ExecStartH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x63lose_stdin\x18\x03 \x01(\x08H\x00\x12\'\n\x06resize\x18\x04 \x01(\x0b\x32\x15.orch.v1.TerminalSizeH\x00\x42\x07\n\x05input\".\n\nExecResult\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"a\n\nExecOutput\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12%\n\x06result\x18\x03 \x01(\x0b\x32\x13.orch.v1.ExecResultH\x00\x42\x08\n\x06output2\xe9\x01\n\tNodeAgent\x12\x31\n\x04Logs\x12\x14.orch.v1.LogsRequest\x1a\x11.orch.v1.LogChunk0\x01\x12\x33\n\x04\x45xec\x12\x12.orch.v1.ExecInput\x1a\x13.orch.v1.ExecOutput(\x01\x30\x01\x12?\n\x0bImportImage\x12\x13.orch.v1.ImageChunk\x1a\x19.orch.v1.ImportImageReply(\x01\x12\x33\n\x05Stats\x12\x15.orch.v1.StatsRequest\x1a\x13.orch.v1.StatsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGECHUNK']._serialized_start=24
-  _globals['_IMAGECHUNK']._serialized_end=83
-  _globals['_IMPORTEDIMAGE']._serialized_start=85
-  _globals['_IMPORTEDIMAGE']._serialized_end=135
-  _globals['_IMPORTIMAGEREPLY']._serialized_start=137
-  _globals['_IMPORTIMAGEREPLY']._serialized_end=224
-  _globals['_LOGSREQUEST']._serialized_start=227
-  _globals['_LOGSREQUEST']._serialized_end=448
-  _globals['_LOGENTRY']._serialized_start=450
-  _globals['_LOGENTRY']._serialized_end=512
-  _globals['_LOGCHUNK']._serialized_start=514
-  _globals['_LOGCHUNK']._serialized_end=560
-  _globals['_TERMINALSIZE']._serialized_start=562
-  _globals['_TERMINALSIZE']._serialized_end=604
-  _globals['_EXECSTART']._serialized_start=607
-  _globals['_EXECSTART']._serialized_end=777
-  _globals['_EXECINPUT']._serialized_start=780
-  _globals['_EXECINPUT']._serialized_end=918
-  _globals['_EXECRESULT']._serialized_start=920
-  _globals['_EXECRESULT']._serialized_end=966
-  _globals['_EXECOUTPUT']._serialized_start=968
-  _globals['_EXECOUTPUT']._serialized_end=1065
-  _globals['_NODEAGENT']._serialized_start=1068
-  _globals['_NODEAGENT']._serialized_end=1248
+  _globals['_STATSREQUEST']._serialized_start=24
+  _globals['_STATSREQUEST']._serialized_end=38
+  _globals['_CONTAINERSTATS']._serialized_start=41
+  _globals['_CONTAINERSTATS']._serialized_end=186
+  _globals['_STATSREPLY']._serialized_start=189
+  _globals['_STATSREPLY']._serialized_end=350
+  _globals['_IMAGECHUNK']._serialized_start=352
+  _globals['_IMAGECHUNK']._serialized_end=411
+  _globals['_IMPORTEDIMAGE']._serialized_start=413
+  _globals['_IMPORTEDIMAGE']._serialized_end=463
+  _globals['_IMPORTIMAGEREPLY']._serialized_start=465
+  _globals['_IMPORTIMAGEREPLY']._serialized_end=552
+  _globals['_LOGSREQUEST']._serialized_start=555
+  _globals['_LOGSREQUEST']._serialized_end=776
+  _globals['_LOGENTRY']._serialized_start=778
+  _globals['_LOGENTRY']._serialized_end=840
+  _globals['_LOGCHUNK']._serialized_start=842
+  _globals['_LOGCHUNK']._serialized_end=888
+  _globals['_TERMINALSIZE']._serialized_start=890
+  _globals['_TERMINALSIZE']._serialized_end=932
+  _globals['_EXECSTART']._serialized_start=935
+  _globals['_EXECSTART']._serialized_end=1105
+  _globals['_EXECINPUT']._serialized_start=1108
+  _globals['_EXECINPUT']._serialized_end=1246
+  _globals['_EXECRESULT']._serialized_start=1248
+  _globals['_EXECRESULT']._serialized_end=1294
+  _globals['_EXECOUTPUT']._serialized_start=1296
+  _globals['_EXECOUTPUT']._serialized_end=1393
+  _globals['_NODEAGENT']._serialized_start=1396
+  _globals['_NODEAGENT']._serialized_end=1629
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,40 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ContainerStats(_message.Message):
+    __slots__ = ("namespace", "pod", "pod_uid", "container", "cpu_usage_seconds", "memory_working_set_bytes")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    POD_UID_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    CPU_USAGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_WORKING_SET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    pod: str
+    pod_uid: str
+    container: str
+    cpu_usage_seconds: float
+    memory_working_set_bytes: int
+    def __init__(self, namespace: _Optional[str] = ..., pod: _Optional[str] = ..., pod_uid: _Optional[str] = ..., container: _Optional[str] = ..., cpu_usage_seconds: _Optional[float] = ..., memory_working_set_bytes: _Optional[int] = ...) -> None: ...
+
+class StatsReply(_message.Message):
+    __slots__ = ("node", "timestamp", "containers", "node_cpu_usage_seconds", "node_memory_working_set_bytes")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    CONTAINERS_FIELD_NUMBER: _ClassVar[int]
+    NODE_CPU_USAGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NODE_MEMORY_WORKING_SET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    timestamp: float
+    containers: _containers.RepeatedCompositeFieldContainer[ContainerStats]
+    node_cpu_usage_seconds: float
+    node_memory_working_set_bytes: int
+    def __init__(self, node: _Optional[str] = ..., timestamp: _Optional[float] = ..., containers: _Optional[_Iterable[_Union[ContainerStats, _Mapping]]] = ..., node_cpu_usage_seconds: _Optional[float] = ..., node_memory_working_set_bytes: _Optional[int] = ...) -> None: ...
+
 class ImageChunk(_message.Message):
     __slots__ = ("data", "reference", "node")
     DATA_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,11 @@ class NodeAgentStub:
                 request_serializer=agent__pb2.ImageChunk.SerializeToString,
                 response_deserializer=agent__pb2.ImportImageReply.FromString,
                 _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/orch.v1.NodeAgent/Stats',
+                request_serializer=agent__pb2.StatsRequest.SerializeToString,
+                response_deserializer=agent__pb2.StatsReply.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -80,6 +85,16 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stats(self, request, context):
+        """What the node's running containers use now, read from their cgroups: the
+        cumulative CPU time and the memory working set (cAdvisor's figures, as
+        kubelet's summary API gives metrics-server). `orchctl top` takes two
+        readings and shows the rate between them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +112,11 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.ImportImage,
                     request_deserializer=agent__pb2.ImageChunk.FromString,
                     response_serializer=agent__pb2.ImportImageReply.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=agent__pb2.StatsRequest.FromString,
+                    response_serializer=agent__pb2.StatsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +200,33 @@ class NodeAgent:
             '/orch.v1.NodeAgent/ImportImage',
             agent__pb2.ImageChunk.SerializeToString,
             agent__pb2.ImportImageReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.NodeAgent/Stats',
+            agent__pb2.StatsRequest.SerializeToString,
+            agent__pb2.StatsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,35 +25,41 @@ _sym_db = _symbol_database.Default()
 from apimachinery.pb import agent_pb2 as agent__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcluster.proto\x12\x07orch.v1\x1a\x0b\x61gent.proto\"9\n\x10PatchNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fspec_patch_json\x18\x02 \x01(\t\"5\n\x0c\x41pplyRequest\x12\x14\n\x0cobjects_json\x18\x01 \x03(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"2\n\x0b\x41pplyResult\x12\x13\n\x0bobject_json\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\"6\n\rApplyResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.orch.v1.ApplyResult\";\n\nGetRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"%\n\x0eObjectResponse\x12\x13\n\x0bobject_json\x18\x01 \x01(\t\"F\n\x0bListRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\"<\n\x0cListResponse\x12\x12\n\nitems_json\x18\x01 \x03(\t\x12\x18\n\x10resource_version\x18\x02 \x01(\x03\"z\n\rDeleteRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12!\n\x14grace_period_seconds\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x17\n\x15_grace_period_seconds\"a\n\x0cWatchRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\x18\n\x10resource_version\x18\x04 \x01(\x03\"/\n\nWatchEvent\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x13\n\x0bobject_json\x18\x02 \x01(\t2\x8f\x04\n\x07\x43luster\x12\x36\n\x05\x41pply\x12\x15.orch.v1.ApplyRequest\x1a\x16.orch.v1.ApplyResponse\x12\x33\n\x03Get\x12\x13.orch.v1.GetRequest\x1a\x17.orch.v1.ObjectResponse\x12\x33\n\x04List\x12\x14.orch.v1.ListRequest\x1a\x15.orch.v1.ListResponse\x12\x39\n\x06\x44\x65lete\x12\x16.orch.v1.DeleteRequest\x1a\x17.orch.v1.ObjectResponse\x12\x35\n\x05Watch\x12\x15.orch.v1.WatchRequest\x1a\x13.orch.v1.WatchEvent0\x01\x12\x34\n\x07PodLogs\x12\x14.orch.v1.LogsRequest\x1a\x11.orch.v1.LogChunk0\x01\x12\x36\n\x07PodExec\x12\x12.orch.v1.ExecInput\x1a\x13.orch.v1.ExecOutput(\x01\x30\x01\x12\x41\n\x0bImportImage\x12\x13.orch.v1.ImageChunk\x1a\x19.orch.v1.ImportImageReply(\x01\x30\x01\x12?\n\tPatchNode\x12\x19.orch.v1.PatchNodeRequest\x1a\x17.orch.v1.ObjectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcluster.proto\x12\x07orch.v1\x1a\x0b\x61gent.proto\"-\n\nTopRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"v\n\x08TopEntry\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tcontainer\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x12\n\ncpu_millis\x18\x05 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x03\"F\n\x08TopReply\x12\"\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x11.orch.v1.TopEntry\x12\x16\n\x0ewindow_seconds\x18\x02 \x01(\x01\"9\n\x10PatchNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fspec_patch_json\x18\x02 \x01(\t\"5\n\x0c\x41pplyRequest\x12\x14\n\x0cobjects_json\x18\x01 \x03(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"2\n\x0b\x41pplyResult\x12\x13\n\x0bobject_json\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\"6\n\rApplyResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.orch.v1.ApplyResult\";\n\nGetRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"%\n\x0eObjectResponse\x12\x13\n\x0bobject_json\x18\x01 \x01(\t\"F\n\x0bListRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\"<\n\x0cListResponse\x12\x12\n\nitems_json\x18\x01 \x03(\t\x12\x18\n\x10resource_version\x18\x02 \x01(\x03\"z\n\rDeleteRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12!\n\x14grace_period_seconds\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x17\n\x15_grace_period_seconds\"a\n\x0cWatchRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\x18\n\x10resource_version\x18\x04 \x01(\x03\"/\n\nWatchEvent\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x13\n\x0bobject_json\x18\x02 \x01(\t2\xbe\x04\n\x07\x43luster\x12\x36\n\x05\x41pply\x12\x15.orch.v1.ApplyRequest\x1a\x16.orch.v1.ApplyResponse\x12\x33\n\x03Get\x12\x13.orch.v1.GetRequest\x1a\x17.orch.v1.ObjectResponse\x12\x33\n\x04List\x12\x14.orch.v1.ListRequest\x1a\x15.orch.v1.ListResponse\x12\x39\n\x06\x44\x65lete\x12\x16.orch.v1.DeleteRequest\x1a\x17.orch.v1.ObjectResponse\x12\x35\n\x05Watch\x12\x15.orch.v1.WatchRequest\x1a\x13.orch.v1.WatchEvent0\x01\x12\x34\n\x07PodLogs\x12\x14.orch.v1.LogsRequest\x1a\x11.orch.v1.LogChunk0\x01\x12\x36\n\x07PodExec\x12\x12.orch.v1.ExecInput\x1a\x13.orch.v1.ExecOutput(\x01\x30\x01\x12\x41\n\x0bImportImage\x12\x13.orch.v1.ImageChunk\x1a\x19.orch.v1.ImportImageReply(\x01\x30\x01\x12?\n\tPatchNode\x12\x19.orch.v1.PatchNodeRequest\x1a\x17.orch.v1.ObjectResponse\x12-\n\x03Top\x12\x13.orch.v1.TopRequest\x1a\x11.orch.v1.TopReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cluster_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PATCHNODEREQUEST']._serialized_start=39
-  _globals['_PATCHNODEREQUEST']._serialized_end=96
-  _globals['_APPLYREQUEST']._serialized_start=98
-  _globals['_APPLYREQUEST']._serialized_end=151
-  _globals['_APPLYRESULT']._serialized_start=153
-  _globals['_APPLYRESULT']._serialized_end=203
-  _globals['_APPLYRESPONSE']._serialized_start=205
-  _globals['_APPLYRESPONSE']._serialized_end=259
-  _globals['_GETREQUEST']._serialized_start=261
-  _globals['_GETREQUEST']._serialized_end=320
-  _globals['_OBJECTRESPONSE']._serialized_start=322
-  _globals['_OBJECTRESPONSE']._serialized_end=359
-  _globals['_LISTREQUEST']._serialized_start=361
-  _globals['_LISTREQUEST']._serialized_end=431
-  _globals['_LISTRESPONSE']._serialized_start=433
-  _globals['_LISTRESPONSE']._serialized_end=493
-  _globals['_DELETEREQUEST']._serialized_start=495
-  _globals['_DELETEREQUEST']._serialized_end=617
-  _globals['_WATCHREQUEST']._serialized_start=619
-  _globals['_WATCHREQUEST']._serialized_end=716
-  _globals['_WATCHEVENT']._serialized_start=718
-  _globals['_WATCHEVENT']._serialized_end=765
-  _globals['_CLUSTER']._serialized_start=768
-  _globals['_CLUSTER']._serialized_end=1295
+  _globals['_TOPREQUEST']._serialized_start=39
+  _globals['_TOPREQUEST']._serialized_end=84
+  _globals['_TOPENTRY']._serialized_start=86
+  _globals['_TOPENTRY']._serialized_end=204
+  _globals['_TOPREPLY']._serialized_start=206
+  _globals['_TOPREPLY']._serialized_end=276
+  _globals['_PATCHNODEREQUEST']._serialized_start=278
+  _globals['_PATCHNODEREQUEST']._serialized_end=335
+  _globals['_APPLYREQUEST']._serialized_start=337
+  _globals['_APPLYREQUEST']._serialized_end=390
+  _globals['_APPLYRESULT']._serialized_start=392
+  _globals['_APPLYRESULT']._serialized_end=442
+  _globals['_APPLYRESPONSE']._serialized_start=444
+  _globals['_APPLYRESPONSE']._serialized_end=498
+  _globals['_GETREQUEST']._serialized_start=500
+  _globals['_GETREQUEST']._serialized_end=559
+  _globals['_OBJECTRESPONSE']._serialized_start=561
+  _globals['_OBJECTRESPONSE']._serialized_end=598
+  _globals['_LISTREQUEST']._serialized_start=600
+  _globals['_LISTREQUEST']._serialized_end=670
+  _globals['_LISTRESPONSE']._serialized_start=672
+  _globals['_LISTRESPONSE']._serialized_end=732
+  _globals['_DELETEREQUEST']._serialized_start=734
+  _globals['_DELETEREQUEST']._serialized_end=856
+  _globals['_WATCHREQUEST']._serialized_start=858
+  _globals['_WATCHREQUEST']._serialized_end=955
+  _globals['_WATCHEVENT']._serialized_start=957
+  _globals['_WATCHEVENT']._serialized_end=1004
+  _globals['_CLUSTER']._serialized_start=1007
+  _globals['_CLUSTER']._serialized_end=1581
 # @@protoc_insertion_point(module_scope)

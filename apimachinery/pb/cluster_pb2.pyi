@@ -7,6 +7,38 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TopRequest(_message.Message):
+    __slots__ = ("kind", "namespace")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    namespace: str
+    def __init__(self, kind: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
+
+class TopEntry(_message.Message):
+    __slots__ = ("namespace", "name", "container", "node", "cpu_millis", "memory_bytes")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    CPU_MILLIS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    container: str
+    node: str
+    cpu_millis: int
+    memory_bytes: int
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., container: _Optional[str] = ..., node: _Optional[str] = ..., cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+
+class TopReply(_message.Message):
+    __slots__ = ("entries", "window_seconds")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[TopEntry]
+    window_seconds: float
+    def __init__(self, entries: _Optional[_Iterable[_Union[TopEntry, _Mapping]]] = ..., window_seconds: _Optional[float] = ...) -> None: ...
+
 class PatchNodeRequest(_message.Message):
     __slots__ = ("name", "spec_patch_json")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -80,6 +80,11 @@ class ClusterStub:
                 request_serializer=cluster__pb2.PatchNodeRequest.SerializeToString,
                 response_deserializer=cluster__pb2.ObjectResponse.FromString,
                 _registered_method=True)
+        self.Top = channel.unary_unary(
+                '/orch.v1.Cluster/Top',
+                request_serializer=cluster__pb2.TopRequest.SerializeToString,
+                response_deserializer=cluster__pb2.TopReply.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -155,6 +160,15 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Top(self, request, context):
+        """What nodes or pods use now (`orchctl top`): CPU as a rate over the last
+        readings of the agents' Stats, memory as the working set, as metrics-server
+        gives `kubectl top`. Nodes whose agent does not answer are left out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +216,11 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.PatchNode,
                     request_deserializer=cluster__pb2.PatchNodeRequest.FromString,
                     response_serializer=cluster__pb2.ObjectResponse.SerializeToString,
+            ),
+            'Top': grpc.unary_unary_rpc_method_handler(
+                    servicer.Top,
+                    request_deserializer=cluster__pb2.TopRequest.FromString,
+                    response_serializer=cluster__pb2.TopReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -447,6 +466,33 @@ class Cluster:
             '/orch.v1.Cluster/PatchNode',
             cluster__pb2.PatchNodeRequest.SerializeToString,
             cluster__pb2.ObjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Top(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orch.v1.Cluster/Top',
+            cluster__pb2.TopRequest.SerializeToString,
+            cluster__pb2.TopReply.FromString,
             options,
             channel_credentials,
             insecure,
