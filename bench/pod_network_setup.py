@@ -125,10 +125,10 @@ class Run:
         return time.monotonic() - t0
 
     def verify(self) -> None:
-        from agent.network.podnet import _rtnl
+        from agent.network.podnet import rtnl
 
         for path, gw in [(p, "10.244.3.1") for _, p in self.orch_pods] + [(p, "10.244.4.1") for p in self.ip_pods]:
-            with _rtnl(path) as ipr:
+            with rtnl(path) as ipr:
                 eth0 = ipr.link("get", ifname="eth0")[0]
                 addrs = [a.get("IFA_ADDRESS") for a in ipr.addr("dump", family=socket.AF_INET, index=eth0["index"])]
                 default = [r for r in ipr.route("dump", family=socket.AF_INET) if r["dst_len"] == 0

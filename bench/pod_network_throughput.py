@@ -113,20 +113,20 @@ class Reference:
 
     def __init__(self, root: Path) -> None:
         from agent.network import netns
-        from agent.network.podnet import _rtnl
+        from agent.network.podnet import rtnl
 
         self.netns = netns
         self.made: list[Path] = []
         self.server = self._namespace(root / "ref-server")
         self.client = self._namespace(root / "ref-client")
-        with _rtnl(self.server) as ipr:
+        with rtnl(self.server) as ipr:
             fd = os.open(self.client, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 ipr.link("add", ifname="eth0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": fd})
             finally:
                 os.close(fd)
         for path, address in ((self.server, REF_SERVER), (self.client, REF_CLIENT)):
-            with _rtnl(path) as ipr:
+            with rtnl(path) as ipr:
                 for name in ("lo", "eth0"):
                     ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
                 ipr.addr("add", index=ipr.link_lookup(ifname="eth0")[0], address=address, prefixlen=30)

@@ -79,6 +79,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.network import netns
+from agent.network.podnet import rtnl
 from apimachinery.errors import OrchError
 
 __all__ = ["BRIDGE", "DEFAULT_POOL", "LabError", "LabNetwork", "LabNetworkError", "choose_subnet", "create",
@@ -182,24 +183,6 @@ def is_netns(path: str | os.PathLike[str]) -> bool:
 
 
 @contextlib.contextmanager
-def _rtnl(path: str | os.PathLike[str] | None) -> Iterator[IPRoute]:
-    """An IPRoute on a netlink socket made in the namespace at ``path`` (None: this thread's)."""
-    sock = netns.netlink_socket(path)
-    try:
-        ipr = IPRoute(use_socket=sock, groups=0)  # no multicast groups: nothing piles up unread
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        yield ipr
-    finally:
-        try:
-            ipr.close()
-        finally:
-            sock.close()
-
-
-@contextlib.contextmanager
 def _step(what: str) -> Iterator[None]:
     """Name the step in a kernel error escaping it."""
     try:
@@ -261,7 +244,7 @@ def _lock() -> Iterator[None]:
 def host_networks() -> list[IPv4Network]:
     """Every IPv4 network the host's namespace has an address in or a route to (read-only)."""
     found: list[IPv4Network] = []
-    with _rtnl(None) as ipr:
+    with rtnl(None) as ipr:
         for a in ipr.addr("dump", family=socket.AF_INET):
             found.append(IPv4Interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}").network)
         for r in ipr.route("dump", family=socket.AF_INET):
@@ -277,7 +260,7 @@ def _make_lab_namespace(net: LabNetwork) -> None:
     """The lab namespace with bridge lab0 up, plain L2 (no bridge-netfilter)."""
     with _step(f"create the lab namespace {net.lab_netns}"):
         netns.create(net.lab_netns)
-    with _step(f"create bridge {BRIDGE}"), _rtnl(net.lab_netns) as ipr:
+    with _step(f"create bridge {BRIDGE}"), rtnl(net.lab_netns) as ipr:
         ipr.link("add", ifname=BRIDGE, kind="bridge")
         ipr.link("set", index=_index(ipr, BRIDGE), state="up")
     _bridges_plain_l2(net.lab_netns, "the lab namespace")
@@ -299,7 +282,7 @@ def _make_host_end(net: LabNetwork) -> None:
     host_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         with _step(f"create veth {net.host_ifname} (host) <-> {HOST_PORT} on {BRIDGE}"), \
-                _rtnl(net.lab_netns) as lab:
+                rtnl(net.lab_netns) as lab:
             lab.link("add", ifname=HOST_PORT, kind="veth", master=_index(lab, BRIDGE), state="up",
                      peer={"ifname": net.host_ifname, "net_ns_fd": host_fd})
     finally:
@@ -307,7 +290,7 @@ def _make_host_end(net: LabNetwork) -> None:
     with _step(f"disable IPv6 on {net.host_ifname}"), contextlib.suppress(FileNotFoundError):
         # No file when the host has IPv6 off altogether: then there is nothing to disable.
         Path(f"/proc/sys/net/ipv6/conf/{net.host_ifname}/disable_ipv6").write_text("1")
-    with _step(f"give {net.host_ifname} {net.host_address}/{net.subnet.prefixlen}"), _rtnl(None) as host:
+    with _step(f"give {net.host_ifname} {net.host_address}/{net.subnet.prefixlen}"), rtnl(None) as host:
         index = _index(host, net.host_ifname)
         host.addr("add", index=index, address=str(net.host_address), prefixlen=net.subnet.prefixlen)
         host.link("set", index=index, state="up")
@@ -321,12 +304,12 @@ def _make_node(net: LabNetwork, node: str, address: IPv4Address) -> None:
     _bridges_plain_l2(path, f"the namespace of {node}")
     node_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with _step(f"create veth {node} on {BRIDGE} <-> {UPLINK} in {node}"), _rtnl(net.lab_netns) as lab:
+        with _step(f"create veth {node} on {BRIDGE} <-> {UPLINK} in {node}"), rtnl(net.lab_netns) as lab:
             lab.link("add", ifname=node, kind="veth", master=_index(lab, BRIDGE), state="up",
                      peer={"ifname": UPLINK, "net_ns_fd": node_fd})
     finally:
         os.close(node_fd)
-    with _step(f"configure {UPLINK} {address}/{net.subnet.prefixlen} in {node}"), _rtnl(path) as ipr:
+    with _step(f"configure {UPLINK} {address}/{net.subnet.prefixlen} in {node}"), rtnl(path) as ipr:
         ipr.link("set", index=_index(ipr, "lo"), state="up")
         index = _index(ipr, UPLINK)
         ipr.addr("add", index=index, address=str(address), prefixlen=net.subnet.prefixlen)
@@ -335,10 +318,10 @@ def _make_node(net: LabNetwork, node: str, address: IPv4Address) -> None:
 
 def _wait_links(net: LabNetwork, nodes: Sequence[str]) -> None:
     deadline = time.monotonic() + OPERSTATE_TIMEOUT
-    with _step(f"wait for {net.host_ifname} to be up"), _rtnl(None) as host:
+    with _step(f"wait for {net.host_ifname} to be up"), rtnl(None) as host:
         _wait_operational(host, net.host_ifname, deadline)
     for node in nodes:
-        with _step(f"wait for {UPLINK} of {node} to be up"), _rtnl(net.node_netns(node)) as ipr:
+        with _step(f"wait for {UPLINK} of {node} to be up"), rtnl(net.node_netns(node)) as ipr:
             _wait_operational(ipr, UPLINK, deadline)
 
 
@@ -364,7 +347,7 @@ def create(netns_dir: Path, ident: str, nodes: Sequence[str], record: Callable[[
             taken = host_networks()
         net = LabNetwork(choose_subnet(ident, taken, pool), ifname, netns_dir)
         record(net)
-        with _step(f"check that {ifname} is free"), _rtnl(None) as host:
+        with _step(f"check that {ifname} is free"), rtnl(None) as host:
             if _link(host, ifname) is not None:
                 raise LabNetworkError(f"lab network: the host already has a link {ifname} (a lab with the same id "
                                       f"that is running, or one left behind: `ip link del {ifname}` removes it)")
@@ -381,7 +364,7 @@ def create(netns_dir: Path, ident: str, nodes: Sequence[str], record: Callable[[
 
 def remove(net: LabNetwork) -> None:
     """Delete the host end and every namespace of the lab. Missing pieces are fine; safe to repeat."""
-    with _step(f"delete {net.host_ifname}"), _rtnl(None) as host:
+    with _step(f"delete {net.host_ifname}"), rtnl(None) as host:
         link = _link(host, net.host_ifname)
         if link is not None and link.get(("linkinfo", "kind")) == "veth":
             try:

@@ -30,7 +30,7 @@ from agent.main import main as agent_main
 from agent.main import parse_args
 from agent.network import hostports, netns
 from agent.network import node as node_network
-from agent.network.podnet import _rtnl, host_veth_name
+from agent.network.podnet import rtnl, host_veth_name
 from agent.reconcile import ContainerRecord, PodRecord, RemoveContainer, RemovePod, StartContainer, pod_status
 from agent.runtime.runtime import ContainerStatus, Runtime
 from apimachinery.validation import validate
@@ -133,7 +133,7 @@ class Node:
 def node_fixture(net: Net, tmp_path: Path) -> Iterator[Node]:
     """A Runtime of its own (state and cgroups removed and checked afterwards), and an agent
     config whose network is the ``net`` node namespace, with an uplink address."""
-    with _rtnl(net.node) as ipr:
+    with rtnl(net.node) as ipr:
         # The node's uplink: a veth whose peer stays in the node too (dummy links may be missing).
         ipr.link("add", ifname="uplink0", kind="veth", peer="uplink0p")
         up = ipr.link_lookup(ifname="uplink0")[0]
@@ -182,7 +182,7 @@ def pod_veths(node: Node) -> list[str]:
 
 
 def add_route(ns: Path, dst: str, gateway: str) -> None:
-    with _rtnl(ns) as ipr:
+    with rtnl(ns) as ipr:
         ipr.route("add", dst=dst, gateway=gateway, proto=0x99)
 
 
@@ -384,7 +384,7 @@ def test_cleanup_removes_what_the_agent_made_in_its_namespace(node: Node) -> Non
     assert node_network.cleanup(copy, node_netns=node.net.namespace("elsewhere")) == [] and not copy.exists()
     assert hostports.table(node.net.node) is not None and pod_veths(node) == [host_veth_name(uid)]
     assert node_network.cleanup(state, node_netns=node.net.node) == []
-    with _rtnl(node.net.node) as ipr:  # no bridge, no pod veth
+    with rtnl(node.net.node) as ipr:  # no bridge, no pod veth
         assert {link.get("IFLA_IFNAME") for link in ipr.get_links()} == {"lo", "uplink0", "uplink0p"}
     assert owned_and_foreign(node.net.node)[0] == {}
     assert hostports.table(node.net.node) is None and not state.exists()

@@ -133,9 +133,9 @@ def node_netns(lab: LabCluster, node: str) -> Path:
 
 
 def veths(path: Path) -> set[str]:
-    from agent.network.podnet import _rtnl
+    from agent.network.podnet import rtnl
 
-    with _rtnl(path) as ipr:
+    with rtnl(path) as ipr:
         return {str(link.get("IFLA_IFNAME")) for link in ipr.get_links()
                 if link.get_attr("IFLA_LINKINFO") and link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND") == "veth"
                 and link.get("IFLA_IFNAME") != "eth0"}

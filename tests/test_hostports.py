@@ -23,7 +23,7 @@ import pytest
 
 from agent.network import HostPortError, NftablesUnavailable, hostports, netns
 from agent.network.hostports import HostPort, host_ports, plan_ports, render
-from agent.network.podnet import _rtnl, _wait_operational
+from agent.network.podnet import rtnl, _wait_operational
 from tests.test_podnet import CIDR, Net, net_fixture, requires_root  # noqa: F401 - the `net` fixture
 
 NODE_IP = "192.168.77.1"
@@ -105,7 +105,7 @@ class Lan:
         self.client = net.namespace("client")
         client_fd = os.open(self.client, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            with _rtnl(net.node) as node:
+            with rtnl(net.node) as node:
                 node.link("add", ifname="uplink0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": client_fd})
                 up = node.link_lookup(ifname="uplink0")[0]
                 node.addr("add", index=up, address=NODE_IP, prefixlen=24)
@@ -113,13 +113,13 @@ class Lan:
                 node.link("set", index=up, state="up")
         finally:
             os.close(client_fd)
-        with _rtnl(self.client) as client:
+        with rtnl(self.client) as client:
             eth0 = client.link_lookup(ifname="eth0")[0]
             client.addr("add", index=eth0, address=CLIENT_IP, prefixlen=24)
             client.link("set", index=eth0, state="up")
             client.link("set", index=client.link_lookup(ifname="lo")[0], state="up")
             _wait_operational(client, "eth0")
-        with _rtnl(net.node) as node:
+        with rtnl(net.node) as node:
             node.link("set", index=node.link_lookup(ifname="lo")[0], state="up")
             _wait_operational(node, "uplink0")
 

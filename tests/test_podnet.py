@@ -42,7 +42,7 @@ from agent.network import (
     plan_routes,
 )
 from agent.network.ipam import gateway_address, next_free, parse_cidr, pod_range
-from agent.network.podnet import _rtnl
+from agent.network.podnet import rtnl
 from tests.conftest_runtime import host_mounts_mentioning
 
 requires_root = pytest.mark.skipif(
@@ -205,7 +205,7 @@ class Net:
     def pod(self, name: str) -> tuple[str, Path]:
         """A pod uid and its namespace, loopback up as a sandbox has it."""
         path = self.namespace(f"pod-{name}")
-        with _rtnl(path) as ipr:
+        with rtnl(path) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         return f"{name}-{secrets.token_hex(4)}", path
 
@@ -247,12 +247,12 @@ def own_children() -> set[int]:
 
 
 def link_names(path: Path | None) -> list[str]:
-    with _rtnl(path) as ipr:
+    with rtnl(path) as ipr:
         return [link.get("IFLA_IFNAME") for link in ipr.get_links()]
 
 
 def veths(path: Path | None) -> list[str]:
-    with _rtnl(path) as ipr:
+    with rtnl(path) as ipr:
         return [link.get("IFLA_IFNAME") for link in ipr.get_links()
                 if link.get(("linkinfo", "kind")) == "veth"]
 
@@ -343,12 +343,12 @@ def test_two_pods_talk_to_each_other_and_the_gateway(net: Net) -> None:
 @requires_root
 def test_ensure_bridge_is_idempotent_and_converges(net: Net) -> None:
     index = net.pn.ensure_bridge()
-    with _rtnl(net.node) as ipr:
+    with rtnl(net.node) as ipr:
         # someone adds a stray address and takes it down: the next ensure puts it right
         ipr.addr("add", index=index, address="10.1.2.3", prefixlen=8)
         ipr.link("set", index=index, state="down")
     assert net.pn.ensure_bridge() == index
-    with _rtnl(net.node) as ipr:
+    with rtnl(net.node) as ipr:
         link = ipr.link("get", index=index)[0]
         addrs = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.addr("dump", index=index)
                  if a["family"] == socket.AF_INET}
@@ -364,7 +364,7 @@ def test_attach_twice_is_a_noop_and_a_half_done_attach_is_redone(net: Net) -> No
     assert net.pn.attach(uid, ns) == first
     assert veths(net.node) == [first.host_veth] and veths(ns) == ["eth0"]
     # A crash after the veth was made and before eth0 was configured: redo it.
-    with _rtnl(ns) as ipr:
+    with rtnl(ns) as ipr:
         ipr.flush_addr(index=ipr.link_lookup(ifname="eth0")[0])
     assert not ping(ns, first.gateway, timeout=0.3)
     assert net.pn.attach(uid, ns) == first
@@ -445,14 +445,14 @@ def test_failed_attach_leaves_nothing(net: Net) -> None:
     assert not missing.exists()
     # 2. a failure after the veth exists (the pod has a default route already): undone
     uid, ns = net.pod("a")
-    with _rtnl(ns) as ipr:
+    with rtnl(ns) as ipr:
         ipr.route("add", dst="0.0.0.0/0", oif=ipr.link_lookup(ifname="lo")[0])
     with pytest.raises(PodNetworkError, match="configure eth0") as info:
         net.pn.attach(uid, ns)
     assert info.value.errno == errno.EEXIST and info.value.step.startswith("configure eth0")
     # 3. an eth0 that is not ours is in the way
     uid2, ns2 = net.pod("b")
-    with _rtnl(ns2) as ipr:
+    with rtnl(ns2) as ipr:
         ipr.link("add", ifname="eth0", kind="veth", peer="notours")
     with pytest.raises(PodNetworkError, match="create veth"):
         net.pn.attach(uid2, ns2)
@@ -487,7 +487,7 @@ def test_counters_change_after_traffic(net: Net) -> None:
 
 def owned_and_foreign(node: Path) -> tuple[dict[str, str], dict[str, tuple[str, int]]]:
     owned, foreign = {}, {}
-    with _rtnl(node) as ipr:
+    with rtnl(node) as ipr:
         for r in ipr.route("dump", family=socket.AF_INET, table=254):
             if r.get("RTA_GATEWAY") is None:
                 continue
@@ -502,7 +502,7 @@ def owned_and_foreign(node: Path) -> tuple[dict[str, str], dict[str, tuple[str, 
 @requires_root
 def test_routes_to_nodes_converges_and_leaves_foreign_routes_alone(net: Net) -> None:
     net.pn.ensure_bridge()
-    with _rtnl(net.node) as ipr:  # the node's uplink, where the other nodes are
+    with rtnl(net.node) as ipr:  # the node's uplink, where the other nodes are
         ipr.link("add", ifname="uplink0", kind="veth", peer="uplink0p")
         up = ipr.link_lookup(ifname="uplink0")[0]
         ipr.addr("add", index=up, address="192.168.77.1", prefixlen=24)

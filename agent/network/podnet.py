@@ -198,7 +198,7 @@ def _check_thread() -> None:
 
 
 @contextlib.contextmanager
-def _rtnl(path: str | os.PathLike[str] | None) -> Iterator[IPRoute]:
+def rtnl(path: str | os.PathLike[str] | None) -> Iterator[IPRoute]:
     """A synchronous IPRoute on a netlink socket made in the namespace at ``path``; closed after."""
     _check_thread()
     sock = netns.netlink_socket(path)
@@ -396,7 +396,7 @@ class PodNetwork:
         """Make the bridge exist with the gateway address (and no other IPv4 address), up;
         with ``forwarding``, ``net.ipv4.ip_forward=1`` in the node's namespace. Returns its index."""
         gateway = (str(self.gateway), self.network.prefixlen)
-        with _step(self.bridge, "ensure bridge"), _rtnl(self.node_netns) as ipr:
+        with _step(self.bridge, "ensure bridge"), rtnl(self.node_netns) as ipr:
             link = _link(ipr, self.bridge)
             if link is None:
                 _create_bridge(ipr, self.bridge, bridge_mac(self.bridge, self.network))
@@ -428,7 +428,7 @@ class PodNetwork:
 
     def remove_bridge(self) -> bool:
         """Delete the bridge (the pods' veths stay, unenslaved); False if it was not there."""
-        with _step(self.bridge, "remove bridge"), _rtnl(self.node_netns) as ipr:
+        with _step(self.bridge, "remove bridge"), rtnl(self.node_netns) as ipr:
             return _delete_link(ipr, self.bridge)
 
     # ------------------------------------------------------------ pods
@@ -461,8 +461,8 @@ class PodNetwork:
     def _attach(self, a: PodAddress, netns_path: str | os.PathLike[str], pod_fd: int) -> None:
         with contextlib.ExitStack() as stack:
             with _step(a.pod_uid, "open netlink sockets in the pod's and the node's network namespaces"):
-                pod = stack.enter_context(_rtnl(netns_path))
-                node = stack.enter_context(_rtnl(self.node_netns))
+                pod = stack.enter_context(rtnl(netns_path))
+                node = stack.enter_context(rtnl(self.node_netns))
             with _step(a.pod_uid, f"look up bridge {self.bridge}"):
                 bridge = _link(node, self.bridge)
                 if bridge is None:
@@ -501,7 +501,7 @@ class PodNetwork:
     def _undo_attach(self, pod_uid: str, host_ifname: str, cause: BaseException) -> None:
         """After a failed attach: no veth, no address. Failures here are logged, the cause is raised."""
         try:
-            with _rtnl(self.node_netns) as node:
+            with rtnl(self.node_netns) as node:
                 _delete_link(node, host_ifname)
         except Exception as e:  # noqa: BLE001 - the original failure is what the caller must see
             log.error("pod %s: after a failed attach (%s), deleting veth %s failed too: %s",
@@ -524,11 +524,11 @@ class PodNetwork:
 
     def _detach_locked(self, pod_uid: str, netns_path: str | os.PathLike[str] | None) -> IPv4Address | None:
         host_ifname = host_veth_name(pod_uid)
-        with _step(pod_uid, f"delete veth {host_ifname}"), _rtnl(self.node_netns) as node:
+        with _step(pod_uid, f"delete veth {host_ifname}"), rtnl(self.node_netns) as node:
             deleted = _delete_link(node, host_ifname)
         if not deleted and netns_path is not None and os.path.exists(netns_path):
             with _step(pod_uid, f"delete a stray {POD_IFNAME} in the pod"), \
-                    contextlib.suppress(FileNotFoundError), _rtnl(netns_path) as pod:
+                    contextlib.suppress(FileNotFoundError), rtnl(netns_path) as pod:
                 eth0 = _link(pod, POD_IFNAME)
                 if eth0 is not None and _link_kind(eth0) == "veth":
                     _delete_link(pod, POD_IFNAME)
@@ -547,7 +547,7 @@ class PodNetwork:
     def counters(self, pod_uid: str, netns_path: str | os.PathLike[str]) -> dict[str, int]:
         """The pod's eth0 counters (64-bit): rx/tx bytes, packets, errors, dropped; seen from the pod,
         as cAdvisor reads them (``container_network_receive_bytes_total`` = ``rx_bytes``)."""
-        with _step(pod_uid, f"read the counters of {POD_IFNAME}"), _rtnl(netns_path) as pod:
+        with _step(pod_uid, f"read the counters of {POD_IFNAME}"), rtnl(netns_path) as pod:
             link = _link(pod, POD_IFNAME)
             if link is None:
                 raise OSError(errno.ENODEV, f"no {POD_IFNAME} in the pod's network namespace")
@@ -560,7 +560,7 @@ class PodNetwork:
 
     def owned_routes(self) -> dict[IPv4Network, list[IPv4Address]]:
         """Our routes (protocol RTPROT_ORCH) in the node's main table: dst -> gateways."""
-        with _step(self.bridge, "list routes"), _rtnl(self.node_netns) as ipr:
+        with _step(self.bridge, "list routes"), rtnl(self.node_netns) as ipr:
             return _owned_routes(ipr)
 
     def routes_to_nodes(self, desired: Mapping[str | IPv4Network, str | IPv4Address]) -> list[RouteAction]:
@@ -589,7 +589,7 @@ class PodNetwork:
                 continue
             wanted[dst] = gw
         done: list[RouteAction] = []
-        with _step(self.bridge, "sync routes to other nodes"), _rtnl(self.node_netns) as ipr:
+        with _step(self.bridge, "sync routes to other nodes"), rtnl(self.node_netns) as ipr:
             for action in plan_routes(wanted, _owned_routes(ipr)):
                 try:
                     _apply_route(ipr, action)
