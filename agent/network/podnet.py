@@ -285,9 +285,9 @@ def _create_veth(ipr: IPRoute, host_ifname: str, bridge_index: int, pod_netns_fd
              peer={"ifname": POD_IFNAME, "net_ns_fd": pod_netns_fd})
 
 
-def _ensure_hairpin(ipr: IPRoute, host_ifname: str) -> None:
-    """Let the bridge send a frame back out of the port it came in by (see the module docstring)."""
-    link = _link(ipr, host_ifname)
+def _ensure_hairpin(ipr: IPRoute, link: Any | None, host_ifname: str) -> None:
+    """Let the bridge send a frame back out of the port it came in by (see the module docstring);
+    ``link`` is the port as just read (None: it is gone)."""
     if link is None:
         raise OSError(errno.ENODEV, f"{host_ifname} disappeared")
     if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_SLAVE_DATA", "IFLA_BRPORT_MODE") != 1:
@@ -302,14 +302,14 @@ def _configure_eth0(ipr: IPRoute, ip: IPv4Address, prefixlen: int, gateway: IPv4
     ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
 
 
-def _wait_operational(ipr: IPRoute, ifname: str, timeout: float = OPERSTATE_TIMEOUT) -> None:
+def _wait_operational(ipr: IPRoute, ifname: str, timeout: float = OPERSTATE_TIMEOUT) -> Any:
     """Wait until the kernel has the link's carrier in operational state UP.
 
     A veth's carrier is on as soon as both ends are up, but the kernel's linkwatch work
     applies it later, and only then swaps the link's placeholder qdisc, which drops
     every packet, for the real one. A pod that sends in that gap loses its first ARP
     request and waits a whole second for the retry. Not UP within ``timeout``: logged,
-    not fatal (the link works once linkwatch runs).
+    not fatal (the link works once linkwatch runs). Returns the link as last read.
     """
     deadline = time.monotonic() + timeout
     pause = 0.0005
@@ -318,10 +318,10 @@ def _wait_operational(ipr: IPRoute, ifname: str, timeout: float = OPERSTATE_TIME
         if link is None:
             raise OSError(errno.ENODEV, f"{ifname} disappeared")
         if link.get("IFLA_OPERSTATE") == "UP":
-            return
+            return link
         if time.monotonic() >= deadline:
             log.warning("%s is still %s after %.1fs; going on", ifname, link.get("IFLA_OPERSTATE"), timeout)
-            return
+            return link
         time.sleep(pause)
         pause = min(pause * 2, 0.02)
 
@@ -474,20 +474,21 @@ class PodNetwork:
                     if e.code != errno.EEXIST:
                         raise
                     if self._attached(node, pod, a, bridge["index"]):
-                        _ensure_hairpin(node, a.host_veth)  # pods attached before it was turned on
+                        # Pods attached before hairpin mode was turned on get it now.
+                        _ensure_hairpin(node, _link(node, a.host_veth), a.host_veth)
                         log.debug("pod %s: already attached as %s", a.pod_uid, a.ip)
                         return
                     # Half-done (a crash, a recreated sandbox): start over.
                     log.info("pod %s: incomplete network found, redoing it", a.pod_uid)
                     _delete_link(node, a.host_veth)
                     _create_veth(node, a.host_veth, bridge["index"], pod_fd)
-            with _step(a.pod_uid, f"turn on hairpin mode of bridge port {a.host_veth}"):
-                _ensure_hairpin(node, a.host_veth)
             with _step(a.pod_uid, f"configure {POD_IFNAME} ({a.cidr}, default via {a.gateway})"):
                 _configure_eth0(pod, a.ip, a.prefixlen, a.gateway)
             with _step(a.pod_uid, f"wait for {POD_IFNAME} and {a.host_veth} to be operational"):
                 _wait_operational(pod, POD_IFNAME)
-                _wait_operational(node, a.host_veth)
+                host_port = _wait_operational(node, a.host_veth)
+            with _step(a.pod_uid, f"turn on hairpin mode of bridge port {a.host_veth}"):
+                _ensure_hairpin(node, host_port, a.host_veth)  # the port as the wait last read it
             log.info("pod %s: network attached: %s via %s on %s", a.pod_uid, a.cidr, a.host_veth, self.bridge)
 
     def _attached(self, node: IPRoute, pod: IPRoute, a: PodAddress, bridge_index: int) -> bool:
