@@ -43,6 +43,19 @@ class LabCluster:
         started = Path(self.agent(node)["state_dir"]) / "containers" / cid / "started.json"
         return int(json.loads(started.read_text())["pid"])
 
+    def empty_namespace(self, name: str, timeout: float = 60) -> None:
+        """Delete every Deployment and Pod of namespace ``name`` at once, and wait until no pod is left."""
+        from tests.helpers import wait_for
+
+        with self.client() as c:
+            for kind in ("Deployment", "Pod"):
+                for obj in c.list(kind, name)[0]:
+                    try:
+                        c.delete(kind, obj["metadata"]["name"], name, grace_period_seconds=0)
+                    except Exception:  # noqa: BLE001 - already going; the wait below is the check
+                        pass
+            wait_for(lambda: not c.list("Pod", name)[0], timeout=timeout, what=f"pods of namespace {name} to go")
+
     def orchctl(self, *args: str) -> int:
         from cli.main import main
 
@@ -79,14 +92,4 @@ def ns(lab: LabCluster) -> Iterator[str]:
     """A namespace of this test's own; everything in it is deleted afterwards, also on failure."""
     name = f"t-{secrets.token_hex(4)}"
     yield name
-    with lab.client() as c:
-        for kind in ("Deployment", "Pod"):
-            items, _ = c.list(kind, name)
-            for obj in items:
-                try:
-                    c.delete(kind, obj["metadata"]["name"], name, grace_period_seconds=0)
-                except Exception:  # noqa: BLE001 - already going; the wait below is the check
-                    pass
-        from tests.helpers import wait_for
-
-        wait_for(lambda: not c.list("Pod", name)[0], timeout=60, what=f"pods of namespace {name} to go")
+    lab.empty_namespace(name)

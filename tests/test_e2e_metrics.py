@@ -125,17 +125,7 @@ def prometheus(mlab: LabCluster, tmp_path_factory: pytest.TempPathFactory) -> It
 def ns(mlab: LabCluster) -> Iterator[str]:
     name = f"m-{secrets.token_hex(4)}"
     yield name
-    with mlab.client() as c:
-        for obj in c.list("Pod", name)[0]:
-            try:
-                c.delete("Pod", obj["metadata"]["name"], name, grace_period_seconds=0)
-            except Exception:  # noqa: BLE001 - already going; the wait below is the check
-                pass
-
-        def gone() -> bool:
-            return not c.list("Pod", name)[0]
-
-        wait_for(gone, timeout=60, what=f"pods of {name} to go")
+    mlab.empty_namespace(name)
 
 
 def pod(name: str, ns: str, command: list[str], node: str = "lab-node-1", **resources: Any) -> dict[str, Any]:

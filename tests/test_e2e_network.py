@@ -60,14 +60,7 @@ def netlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCluster]:
 def netns_name(netlab: LabCluster) -> Iterator[str]:
     name = f"n-{secrets.token_hex(4)}"
     yield name
-    with netlab.client() as c:
-        for kind in ("Deployment", "Pod"):
-            for obj in c.list(kind, name)[0]:
-                try:
-                    c.delete(kind, obj["metadata"]["name"], name, grace_period_seconds=0)
-                except Exception:  # noqa: BLE001 - already going; the wait below is the check
-                    pass
-        wait_for(lambda: not c.list("Pod", name)[0], timeout=90, what=f"pods of namespace {name} to go")
+    netlab.empty_namespace(name, timeout=90)
 
 
 def pod(name: str, ns: str, node: str, command: list[str], **spec: Any) -> dict[str, Any]:
