@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from apimachinery.errors import (
     ConflictError,
     FieldError,
@@ -49,8 +51,10 @@ from scheduler.framework import (
     PostFilterResult,
     Status,
     default_normalize_score,
+    default_normalize_table,
     pod_resource_requests,
 )
+from scheduler.nodetable import Ints, Mask, NodeTable
 
 Args = Mapping[str, Any]
 
@@ -84,6 +88,9 @@ class NodeReady:
 
     def filter(self, state: CycleState, pod: Obj, node: NodeInfo) -> Status:
         return SUCCESS if node.ready else Status.unresolvable("node(s) were not ready")
+
+    def filter_table(self, state: CycleState, pod: Obj, table: NodeTable) -> Mask:
+        return table.ready
 
 
 def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
@@ -120,6 +127,11 @@ class NodeUnschedulable:
             return SUCCESS
         return Status.unresolvable("node(s) were unschedulable")
 
+    def filter_table(self, state: CycleState, pod: Obj, table: NodeTable) -> Mask:
+        if tolerated(pod["spec"].get("tolerations") or (), UNSCHEDULABLE_TAINT):
+            return table.everyone
+        return ~table.unschedulable
+
 
 class NodeName:
     name = "NodeName"
@@ -129,6 +141,10 @@ class NodeName:
         if wanted and wanted != node.name:
             return Status.unresolvable("node(s) didn't match the requested node name")
         return SUCCESS
+
+    def filter_table(self, state: CycleState, pod: Obj, table: NodeTable) -> Mask | None:
+        # A pod naming its node is rare here (it is bound already): per node then.
+        return None if pod["spec"].get("nodeName") else table.everyone
 
 
 class TaintToleration:
@@ -145,10 +161,31 @@ class TaintToleration:
                     f"node(s) had untolerated taint {{{taint.get('key')}: {taint.get('value', '')}}}")
         return SUCCESS
 
+    def filter_table(self, state: CycleState, pod: Obj, table: NodeTable) -> Mask | None:
+        """Nodes without taints pass; the tainted ones are asked one by one, unless they are
+        so many that the per-node ring (which stops early) is the cheaper way."""
+        tainted = np.flatnonzero(table.tainted)
+        if len(tainted) > len(table) // 4:
+            return None
+        passing = ~table.tainted
+        for row in tainted.tolist():
+            if self.filter(state, pod, table.infos[row]).ok:
+                passing[row] = True
+        return passing
+
     def pre_score(self, state: CycleState, pod: Obj, nodes: Sequence[NodeInfo]) -> Status:
         state[self.name] = [t for t in pod["spec"].get("tolerations") or ()
                             if t.get("effect", "") in ("", "PreferNoSchedule")]
         return SUCCESS
+
+    def score_table(self, state: CycleState, pod: Obj, table: NodeTable, rows: Ints) -> Ints:
+        scores = np.zeros(len(rows), np.int64)
+        for i in np.flatnonzero(table.tainted[rows]).tolist():
+            scores[i] = self.score(state, pod, table.infos[int(rows[i])])
+        return scores
+
+    def normalize_table(self, state: CycleState, pod: Obj, scores: Ints) -> Ints:
+        return default_normalize_table(scores, reverse=True)  # type: ignore[no-any-return]
 
     def score(self, state: CycleState, pod: Obj, node: NodeInfo) -> int:
         if not node.taints:
@@ -313,6 +350,27 @@ def _most_allocated(requested: int, allocatable: int) -> int:
     return min(requested, allocatable) * MAX_SCORE // allocatable
 
 
+def _least_allocated_table(requested: Ints, allocatable: Ints) -> Ints:
+    """``_least_allocated`` of each pair."""
+    divisor = np.where(allocatable == 0, 1, allocatable)
+    return np.where((allocatable == 0) | (requested > allocatable), 0,  # type: ignore[no-any-return]
+                    (allocatable - requested) * MAX_SCORE // divisor)
+
+
+def _most_allocated_table(requested: Ints, allocatable: Ints) -> Ints:
+    """``_most_allocated`` of each pair."""
+    divisor = np.where(allocatable == 0, 1, allocatable)
+    return np.where(allocatable == 0, 0,  # type: ignore[no-any-return]
+                    np.minimum(requested, allocatable) * MAX_SCORE // divisor)
+
+
+def _scoring_columns(nz_pod: tuple[int, int], table: NodeTable,
+                     rows: Ints) -> tuple[tuple[Ints, Ints], tuple[Ints, Ints]]:
+    """``_scoring_requests`` of the nodes at ``rows``, as columns."""
+    return ((table.non_zero_cpu[rows] + nz_pod[0], table.alloc_cpu[rows]),
+            (table.non_zero_memory[rows] + nz_pod[1], table.alloc_memory[rows]))
+
+
 def _scoring_requests(nz_pod: tuple[int, int], node: NodeInfo) -> tuple[tuple[int, int], tuple[int, int]]:
     """``((cpu requested with the pod, allocatable), (memory …, …))`` for scoring, counting
     request-less containers at kube-scheduler's defaults (``nz_pod``: the pod's non-zero
@@ -333,7 +391,9 @@ class NodeResourcesFit:
 
     def __init__(self, args: ResourceFitArgs | None = None) -> None:
         self.args = args or ResourceFitArgs()
-        self._per_resource = _least_allocated if self.args.strategy == "LeastAllocated" else _most_allocated
+        least = self.args.strategy == "LeastAllocated"
+        self._per_resource = _least_allocated if least else _most_allocated
+        self._per_resource_table = _least_allocated_table if least else _most_allocated_table
         self._weights = tuple((_RESOURCE_INDEX[r], w) for r, w in self.args.weights)
         self._weight_sum = sum(w for _, w in self.args.weights)
 
@@ -357,9 +417,25 @@ class NodeResourcesFit:
             reasons.append("Insufficient memory")
         return Status.unschedulable(*reasons) if reasons else SUCCESS
 
+    def filter_table(self, state: CycleState, pod: Obj, table: NodeTable) -> Mask:
+        cpu, mem, _, _ = state[self.name]
+        passing: Mask = table.pod_count < table.alloc_pods
+        if cpu:
+            passing &= table.requested_cpu + cpu <= table.alloc_cpu
+        if mem:
+            passing &= table.requested_memory + mem <= table.alloc_memory
+        return passing
+
     def pre_score(self, state: CycleState, pod: Obj, nodes: Sequence[NodeInfo]) -> Status:
         state[self._score_key] = pod_resource_requests(pod)[2:]
         return SUCCESS
+
+    def score_table(self, state: CycleState, pod: Obj, table: NodeTable, rows: Ints) -> Ints:
+        usage = _scoring_columns(state[self._score_key], table, rows)
+        total = np.zeros(len(rows), np.int64)
+        for i, weight in self._weights:
+            total += weight * self._per_resource_table(*usage[i])
+        return total // self._weight_sum
 
     def score(self, state: CycleState, pod: Obj, node: NodeInfo) -> int:
         usage = _scoring_requests(state[self._score_key], node)
@@ -385,6 +461,15 @@ class NodeResourcesBalancedAllocation:
         f_cpu = min(1.0, cpu / a_cpu) if a_cpu else 1.0
         f_mem = min(1.0, mem / a_mem) if a_mem else 1.0
         return int((1 - abs(f_cpu - f_mem) / 2) * MAX_SCORE)
+
+    def score_table(self, state: CycleState, pod: Obj, table: NodeTable, rows: Ints) -> Ints:
+        # The same float64 operations as ``score``: the same integers (values below 2**53
+        # convert to float exactly, and astype truncates toward zero as int() does).
+        (cpu, a_cpu), (mem, a_mem) = _scoring_columns(state[self.name], table, rows)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f_cpu = np.where(a_cpu == 0, 1.0, np.minimum(1.0, cpu / a_cpu))
+            f_mem = np.where(a_mem == 0, 1.0, np.minimum(1.0, mem / a_mem))
+        return ((1 - np.abs(f_cpu - f_mem) / 2) * MAX_SCORE).astype(np.int64)
 
 
 # --- host ports --------------------------------------------------------------------------

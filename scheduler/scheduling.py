@@ -73,6 +73,7 @@ from apimachinery.validation import DEFAULT_SCHEDULER_NAME
 from scheduler.events import NORMAL, WARNING, EventRecorder
 from scheduler.framework import Code, Decision, Framework, NodeInfo, Status, pod_resource_requests
 from scheduler.informer import Informer, obj_key
+from scheduler.nodetable import NodeTable
 from scheduler.queue import MAX_UNSCHEDULABLE_SECONDS, SchedulingQueue
 from scheduler.registry import Registry
 from scheduler.store import AllocationConflict, NodeAllocation, Store, WatchEvent
@@ -228,6 +229,7 @@ class SchedulingLoop:
         # node -> its ledger as this scheduler last wrote it (re-read on conflict).
         self._allocations: dict[str, NodeAllocation] = {}
         self._infos: dict[str, NodeInfo] = {}
+        self._table = NodeTable([])  # the pass's columns over ``_infos`` (scheduler/nodetable.py)
         self._affinity_nodes: list[NodeInfo] = []  # the infos holding pods with inter-pod affinity
         self._bound: dict[str, tuple[str, bool]] = {}  # uid -> (node, terminal), to notice moves
         self._node_signatures: dict[str, str] = {}
@@ -360,6 +362,7 @@ class SchedulingLoop:
             return
         pods = self._current_pods()
         self._infos = infos = build_node_infos(self.nodes.items(), pods)
+        self._table = NodeTable(list(infos.values()))
         self._affinity_nodes = [info for info in infos.values() if info.pods_with_affinity]
         nominated = [p for p in pods if is_pending(p) and p.get("status", {}).get("nominatedNodeName")]
         for queued in batch:
@@ -395,7 +398,7 @@ class SchedulingLoop:
                     and priority(other) >= priority(pod)):
                 extra[node].append(other)
         if not extra:
-            return list(infos.values()), False
+            return self._table.infos, False
         return [info.without(set(), extra[name]) if name in extra else info for name, info in infos.items()], True
 
     def _attempt(self, result: str, framework: Framework, start: float) -> None:
@@ -409,7 +412,8 @@ class SchedulingLoop:
         nodes, overlaid = self._nodes_for(pod, infos, nominated)
         # The pass's list of nodes with affinity pods holds its own NodeInfos; with nominated
         # pods laid over copies of some, the cycle finds the list itself.
-        decision = framework.schedule(pod, nodes, None if overlaid else self._affinity_nodes)
+        decision = (framework.schedule(pod, nodes, None, None) if overlaid else
+                    framework.schedule(pod, nodes, self._affinity_nodes, self._table))
         if decision.node is None:
             if decision.error:
                 self._attempt("error", framework, start)
