@@ -29,10 +29,11 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from apimachinery.errors import ConflictError, NotFoundError, OrchError
 from apimachinery.meta import EVENT, KINDS, Obj, now_rfc3339, ref
-from scheduler.store import Store
+from scheduler.store import MAX_OBJECTS_PER_TXN, Store, Write
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,45 @@ class EventRecorder:
         except Exception:
             log.exception("could not record event %s about %s", reason, ref(involved))
 
+    async def record_many(self, items: Sequence[tuple[Obj, str, str, str]]) -> None:
+        """``record`` each ``(involved, type, reason, message)``; the new Events among them
+        are created together, in transactions of up to ``MAX_OBJECTS_PER_TXN`` (a scheduler
+        binding hundreds of pods a second writes as many ``Scheduled`` Events: one
+        transaction each was a third of its etcd calls). Never raises."""
+        fresh: list[tuple[CacheKey, Obj]] = []
+        again: list[tuple[Obj, str, str, str]] = []  # repeats of a fresh one: bumps, once it exists
+        keys: set[CacheKey] = set()
+        for involved, type_, reason, message in items:
+            key = self._key(involved, type_, reason, message)
+            if key in keys:
+                again.append((involved, type_, reason, message))
+            elif key in self._cache or type_ not in EVENT_TYPES:
+                await self.record(involved, type_, reason, message)  # an update, or the odd one
+            else:
+                keys.add(key)
+                fresh.append((key, new_event(involved, type_, reason, message, self.component, now_rfc3339())))
+        for at in range(0, len(fresh), MAX_OBJECTS_PER_TXN):
+            chunk = fresh[at:at + MAX_OBJECTS_PER_TXN]
+            try:
+                lease = await self.store.ttl_lease(EVENT_TTL)
+                stored = await self.store.write([Write(event, 0) for _, event in chunk], lease=lease)
+            except OrchError as e:
+                log.warning("could not record %d event(s) (%s about %s the first): %s", len(chunk),
+                            chunk[0][1]["reason"], ref(chunk[0][1]["involvedObject"]), e)
+                continue
+            except Exception:
+                log.exception("could not record %d event(s)", len(chunk))
+                continue
+            for (key, _), event in zip(chunk, stored, strict=True):
+                self._remember(key, event)
+        for item in again:
+            await self.record(*item)
+
+    def _key(self, involved: Obj, type_: str, reason: str, message: str) -> CacheKey:
+        return str(involved.get("metadata", {}).get("uid", "")), type_, reason, message, self.component
+
     async def _record(self, involved: Obj, type_: str, reason: str, message: str) -> None:
-        key: CacheKey = (str(involved.get("metadata", {}).get("uid", "")), type_, reason, message, self.component)
+        key = self._key(involved, type_, reason, message)
         now = now_rfc3339()
         lease = await self.store.ttl_lease(EVENT_TTL)
         cached = self._cache.get(key)

@@ -531,9 +531,10 @@ class Framework:
         totals = self._score(state, pod, feasible)
         if isinstance(totals, Status):
             return Decision(None, totals.reasons[0], state=state, error=True)
-        # Break ties at random so equal nodes share the load, as kube-scheduler does.
-        tied = np.flatnonzero(totals == totals.max()).tolist()
-        winner = self.rng.choice(sorted(feasible[i].name for i in tied))
+        # Break ties at random so equal nodes share the load, as kube-scheduler does (its
+        # reservoir sampling over the scored nodes: a uniform pick among the best).
+        tied = np.flatnonzero(totals == totals.max())
+        winner = feasible[int(tied[self.rng.randrange(len(tied))])].name
         return Decision(winner, f"bound to {winner}", Scores(feasible, totals), state)
 
     def fits(self, pod: Obj, node: NodeInfo, nodes: Sequence[NodeInfo]) -> Status:

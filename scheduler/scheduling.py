@@ -76,7 +76,7 @@ from scheduler.informer import Informer, obj_key
 from scheduler.nodetable import NodeTable
 from scheduler.queue import MAX_UNSCHEDULABLE_SECONDS, SchedulingQueue
 from scheduler.registry import Registry
-from scheduler.store import AllocationConflict, NodeAllocation, Store, WatchEvent
+from scheduler.store import MAX_OBJECTS_PER_TXN, AllocationConflict, NodeAllocation, Store, WatchEvent
 
 if TYPE_CHECKING:
     from scheduler.metrics import SchedulerMetrics
@@ -583,7 +583,15 @@ class SchedulingLoop:
                 self._events_dropped, self._drop_reported = 0, now
 
     async def _write_events(self) -> None:
+        """Write the queued Events: all that are waiting at once, new ones created together
+        (``EventRecorder.record_many``), per component."""
         while True:
-            obj, type_, reason, message, component = await self._events.get()
-            recorder = self.recorders.get(component) or EventRecorder(self.store, component)
-            await recorder.record(obj, type_, reason, message)
+            waiting = [await self._events.get()]
+            while not self._events.empty() and len(waiting) < MAX_OBJECTS_PER_TXN:
+                waiting.append(self._events.get_nowait())
+            by_component: dict[str, list[tuple[Obj, str, str, str]]] = defaultdict(list)
+            for obj, type_, reason, message, component in waiting:
+                by_component[component].append((obj, type_, reason, message))
+            for component, items in by_component.items():
+                recorder = self.recorders.get(component) or EventRecorder(self.store, component)
+                await recorder.record_many(items)

@@ -68,6 +68,30 @@ def test_a_repeated_event_is_counted_not_written_again(etcd: EtcdServer) -> None
     run(body)
 
 
+def test_events_recorded_together_are_created_in_one_transaction_and_still_aggregated(etcd: EtcdServer) -> None:
+    async def body() -> None:
+        async with a_store(etcd) as store:
+            rec = EventRecorder(store, "default-scheduler")
+            pods = [{**POD, "metadata": {**POD["metadata"], "name": f"web-{i}", "uid": f"u-{i}"}} for i in range(70)]
+            await rec.record(pods[0], "Warning", "FailedScheduling", "0/1 nodes are available.")
+            _, before = await store.list(EVENT, "shop")
+            items = [(p, "Normal", "Scheduled", f"Successfully assigned shop/{p['metadata']['name']} to n1")
+                     for p in pods]
+            items += [(pods[0], "Warning", "FailedScheduling", "0/1 nodes are available.")] * 2  # cached: bumped
+            items += [items[5]]  # a repeat of a fresh one in the same batch: bumped once created
+            await rec.record_many(items)
+            events, after = await store.list(EVENT, "shop")
+            scheduled = [e for e in events if e["reason"] == "Scheduled"]
+            assert len(scheduled) == 70
+            assert {e["involvedObject"]["uid"] for e in scheduled} == {f"u-{i}" for i in range(70)}
+            assert next(e for e in scheduled if e["involvedObject"]["uid"] == "u-5")["count"] == 2
+            assert next(e for e in events if e["reason"] == "FailedScheduling")["count"] == 3
+            # 70 new Events in two transactions (60 + 10), then 3 bumps: 5 revisions, not 73.
+            assert after - before == 5
+
+    run(body)
+
+
 def test_an_event_changed_by_someone_else_starts_a_new_one(etcd: EtcdServer) -> None:
     async def body() -> None:
         async with a_store(etcd) as store:
