@@ -25,6 +25,53 @@ that is not one is refused with INVALID_ARGUMENT before anything is written). It
 kept beside the agent endpoint, in ``status.daemonEndpoints.metricsEndpoint``
 (``{Address, Port}``), and the service discovery (scheduler/sd.py) lists it while the
 node is Ready. A registration without one drops it.
+
+**Node identity (Kubernetes' NodeRestriction and node authorizer).** On a server with
+mutual TLS the caller's certificate says who it is (``apimachinery.pki.peer_identity``),
+and every method checks it before it reads or writes anything:
+
+* only a node — ``CN=system:node:<name>, O=system:nodes`` — may call NodeService; the
+  admin, the scheduler, users, and a TLS client without a certificate are refused;
+* a node acts only for itself: the ``node_name`` of Register, Heartbeat,
+  WatchAssignments and ReportPodStatus must be the one in its certificate, so it can
+  neither register, renew the lease of, read the pods of, nor report for another node;
+* ReportPodStatus (status or ``removed``) only for a pod bound to it: the pod's
+  ``spec.nodeName`` must be the certificate's node. The binding is read from the pods
+  informer and, when the informer has not seen the pod bound (yet), from etcd: a
+  report is refused only on etcd's word, never on a stale cache's. ``spec.nodeName``
+  never changes once set (a Pod's spec is immutable), so a cached binding for the
+  same uid is as good as etcd's. A report for a pod that no longer exists, or a uid
+  that is not the stored pod's, is no forgery (the pod was deleted and maybe re-created
+  elsewhere): it is passed on and changes nothing, as before. Behind this check,
+  ``Registry.update_pod_status`` / ``finalize_pod`` compare ``spec.nodeName`` with the
+  request's node inside their compare-and-swap, so nothing slips between read and write;
+* Register may not *change* labels a node has no business setting, exactly
+  NodeRestriction's rule: none under ``node-restriction.kubernetes.io/`` (the domain
+  reserved for labels that admins set and that workloads may trust to steer pods onto
+  nodes), and of the other ``kubernetes.io``/``k8s.io`` labels only kubelet's own
+  (``kubernetes.io/hostname``, ``kubernetes.io/os``, ``kubernetes.io/arch``, the
+  topology and instance-type labels, anything under ``kubelet.kubernetes.io/`` and
+  ``node.kubernetes.io/``) — so ``node-role.kubernetes.io/control-plane`` is refused
+  too. Labels outside those domains (``orch.dev/lab``, ``disk=ssd``) are free. A label
+  resent with the value the Node already has is no change and passes (an admin may
+  have set it); a registration never removes labels.
+* **Taints**, as NodeRestriction decides: a node may not modify its taints, because
+  removing one would steer pods it must not run onto it. Here that holds by
+  construction: ``RegisterRequest`` has no taints and a registration keeps the stored
+  spec (taints, cordon, pod CIDR) as it is. (Kubernetes lets a kubelet *create* its
+  Node with taints, ``--register-with-taints``; orch's protocol offers no such thing,
+  and an admin taints a Node through the Cluster API.)
+
+A refusal is PERMISSION_DENIED (Kubernetes' Forbidden) naming the certificate's node
+and what it claimed, is logged as a WARNING (who, which method, which node or pod) and
+counted in ``NodeService.refusals``; the gRPC server metrics count it too
+(``grpc_server_handled_total{grpc_service="orch.v1.NodeService",
+grpc_code="PermissionDenied"}``). Nothing is written before the check passes.
+
+Without a client certificate on a plaintext server (``--insecure``) there is no
+identity and every call is allowed, as before mTLS; the scheduler warns about that
+mode where it starts. A TLS connection without a client certificate is refused: it is
+not the insecure mode, and no node connects that way.
 """
 
 from __future__ import annotations
@@ -37,11 +84,13 @@ import math
 import platform
 import random
 import uuid
-from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, NoReturn
 
 import grpc
 
+from apimachinery import pki
 from apimachinery.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -54,6 +103,7 @@ from apimachinery.meta import (
     LEASE,
     NODE,
     NODE_LEASE_NAMESPACE,
+    POD,
     Obj,
     now_rfc3339,
     parse_rfc3339,
@@ -167,6 +217,91 @@ def metrics_endpoint(text: str) -> Obj | None:
     return {"Address": host, "Port": int(port)}
 
 
+# --- NodeRestriction: who may do what (pure decisions; the servicer only applies them) -----
+
+
+class NodeRestrictionError(OrchError):
+    """A caller acting beyond what its certificate allows: PERMISSION_DENIED, Kubernetes'
+    Forbidden. (Local to the node protocol: apimachinery/errors.py has no PERMISSION_DENIED
+    class yet.)"""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+#: The label domain reserved to admins: nodes may never set labels under it, so a workload
+#: that selects on it knows no node put itself there (Kubernetes' NodeRestriction).
+RESTRICTED_LABEL_DOMAIN = "node-restriction.kubernetes.io"
+#: The kubernetes.io / k8s.io labels a kubelet may set on its own Node (k8s.io/kubelet's
+#: well_known_labels.go); every other label of those domains is refused to a node.
+KUBELET_LABELS = frozenset({
+    "kubernetes.io/hostname", "kubernetes.io/os", "kubernetes.io/arch",
+    "beta.kubernetes.io/os", "beta.kubernetes.io/arch",
+    "topology.kubernetes.io/zone", "topology.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/region",
+    "beta.kubernetes.io/instance-type", "node.kubernetes.io/instance-type",
+})
+KUBELET_LABEL_DOMAINS = ("kubelet.kubernetes.io", "node.kubernetes.io")
+
+
+def _label_domain(key: str) -> str:
+    prefix, slash, _ = key.partition("/")
+    return prefix if slash else ""
+
+
+def _in_domain(domain: str, suffix: str) -> bool:
+    return domain == suffix or domain.endswith("." + suffix)
+
+
+def node_may_set_label(key: str) -> bool:
+    """Whether a node may set label ``key`` on itself (NodeRestriction's getForbiddenLabels)."""
+    domain = _label_domain(key)
+    if _in_domain(domain, RESTRICTED_LABEL_DOMAIN):
+        return False
+    if _in_domain(domain, "kubernetes.io") or _in_domain(domain, "k8s.io"):
+        return key in KUBELET_LABELS or any(_in_domain(domain, d) for d in KUBELET_LABEL_DOMAINS)
+    return True
+
+
+def forbidden_labels(requested: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
+    """The labels of a registration that a node may not set, sorted. Only *changes* count, as
+    in Kubernetes: a label resent with the value the Node has (an admin's) is no change."""
+    return sorted(k for k, v in requested.items() if current.get(k) != v and not node_may_set_label(k))
+
+
+def authorize_node(identity: pki.Identity | None, tls: bool, method: str, claimed: str) -> str | None:
+    """The node the caller may act for, or None on a plaintext connection (``--insecure``:
+    anything goes, as before mTLS). Raises NodeRestrictionError for a caller that is no
+    node and for a node claiming another node's name."""
+    if identity is None:
+        if not tls:
+            return None
+        raise NodeRestrictionError(f"only nodes (group {pki.NODES_GROUP}) may call NodeService/{method}; "
+                                   "a caller without a client certificate is not one")
+    node = identity.node_name
+    if node is None:
+        raise NodeRestrictionError(f"only nodes (group {pki.NODES_GROUP}) may call NodeService/{method}; "
+                                   f"{identity.user} is not one")
+    if claimed != node:
+        raise NodeRestrictionError(f"NodeService/{method}: node {node} (by its certificate) may act only for "
+                                   f"itself, not for node {claimed!r}")
+    return node
+
+
+def authorize_pod_report(node: str, namespace: str, name: str, bound_to: str | None) -> None:
+    """A node reports status for (or finalizes) only pods bound to it. ``bound_to``: the
+    pod's ``spec.nodeName`` ("" unbound), None when there is no such pod (nothing to refuse:
+    the report changes nothing)."""
+    if bound_to is not None and bound_to != node:
+        where = f"node {bound_to}" if bound_to else "no node"
+        raise NodeRestrictionError(f"NodeService/ReportPodStatus: node {node} may report only for pods bound to "
+                                   f"it; pod {namespace}/{name} is bound to {where}")
+
+
+def _is_tls(context: grpc.aio.ServicerContext) -> bool:
+    auth: Any = context.auth_context() or {}
+    return list(auth.get("transport_security_type") or ()) == [b"ssl"]
+
+
 class NodeService(pb_grpc.NodeServiceServicer):
     """``nodes``: the node informer, for the routes in Assignments and to spare heartbeats
     reads (without it, Assignments carry no routes). ``cluster_cidr``: where pod CIDRs
@@ -196,6 +331,8 @@ class NodeService(pb_grpc.NodeServiceServicer):
         # message to every stream, and each takes this list less its own entry.
         self._routes: tuple[int, list[pb.NodeRoute]] = (-1, [])
         self._changed = asyncio.Condition()
+        #: Calls refused by NodeRestriction, by (method, reason): see the module docstring.
+        self.refusals: Counter[tuple[str, str]] = Counter()
         pods.add_listener(self._on_pod_event)
         if nodes is not None:
             nodes.add_listener(self._on_node_event)
@@ -232,23 +369,65 @@ class NodeService(pb_grpc.NodeServiceServicer):
         async with self._changed:
             self._changed.notify_all()
 
+    # --- NodeRestriction ----------------------------------------------------
+
+    async def _caller_node(self, context: grpc.aio.ServicerContext, method: str, claimed: str) -> str | None:
+        """The node the caller is (None: plaintext server); aborts the call if it is no node
+        or not the node it claims to be."""
+        identity = pki.peer_identity(context)
+        try:
+            return authorize_node(identity, _is_tls(context), method, claimed)
+        except NodeRestrictionError as e:
+            await self._refuse(context, e, method, identity.user if identity else "(no client certificate)",
+                               f"node {claimed!r}", "not a node" if identity is None or identity.node_name is None
+                               else "other node")
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, error: NodeRestrictionError, method: str,
+                      who: str, target: str, reason: str) -> NoReturn:
+        """Log, count and end the call with PERMISSION_DENIED."""
+        self.refusals[(method, reason)] += 1
+        log.warning("NodeRestriction: refused NodeService/%s by %s for %s: %s", method, who, target, error)
+        await context.abort(error.code, str(error))
+        raise error  # not reached: abort raises (grpc ships no type hints that say so)
+
+    async def _pod_bound_to(self, namespace: str, name: str, uid: str) -> str | None:
+        """The node the pod with this uid is bound to ("" none), None when there is no such pod.
+        The informer answers when it has the pod bound (a binding never changes); else etcd."""
+        pod = self.pods.cache.get((namespace, name))
+        if pod is not None and pod["metadata"].get("uid") == uid and pod["spec"].get("nodeName"):
+            return str(pod["spec"]["nodeName"])
+        pod = await self.store.get_or_none(POD, namespace, name)
+        if pod is None or pod["metadata"].get("uid") != uid:
+            return None
+        return str(pod["spec"].get("nodeName") or "")
+
+    # --- the node protocol ------------------------------------------------------
+
     async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
+        caller = await self._caller_node(context, "Register", request.node_name)
         cidr = ""
         try:
-            stored = await self.register(request)
+            stored = await self.register(request, restrict_labels=caller is not None)
             cidr = str(stored.get("spec", {}).get("podCIDR") or "")
             log.info("node %s registered (pod CIDR %s)", request.node_name, cidr or "none")
             await self.renew_lease(request.node_name)
+        except NodeRestrictionError as e:
+            await self._refuse(context, e, "Register", f"node {caller}", f"node {request.node_name!r}",
+                               "restricted label")
         except OrchError as e:
             await context.abort(e.code, str(e))
         return pb.RegisterResponse(heartbeat_interval_seconds=self.heartbeat_interval, pod_cidr=cidr)
 
-    async def register(self, request: pb.RegisterRequest) -> Obj:
+    async def register(self, request: pb.RegisterRequest, *, restrict_labels: bool = False) -> Obj:
         """Create or rewrite the Node, with its pod CIDR; re-read when it changed meanwhile.
-        A node name or label Kubernetes would refuse is refused (INVALID_ARGUMENT)."""
+        A node name or label Kubernetes would refuse is refused (INVALID_ARGUMENT);
+        ``restrict_labels`` (the caller is a node): so is a label a node may not set on
+        itself (PERMISSION_DENIED), checked against the copy the write is guarded by."""
         validate_node_identity(request.node_name, dict(request.labels))
         for attempt in range(8):
             current = await self.store.get_or_none(NODE, None, request.node_name)
+            if restrict_labels:
+                self._check_labels(request, current)
             node = node_from_registration(request, current)
             if current is None:
                 node["metadata"] = {**node["metadata"], "uid": str(uuid.uuid4()), "creationTimestamp": now_rfc3339()}
@@ -262,6 +441,16 @@ class NodeService(pb_grpc.NodeServiceServicer):
             return stored
         raise ConflictError(f'nodes "{request.node_name}": too many concurrent writers, gave up')
 
+    @staticmethod
+    def _check_labels(request: pb.RegisterRequest, current: Obj | None) -> None:
+        have = (current or {}).get("metadata", {}).get("labels") or {}
+        refused = forbidden_labels(dict(request.labels), have)
+        if refused:
+            raise NodeRestrictionError(
+                f"NodeService/Register: node {request.node_name} may not set labels {', '.join(refused)}: nodes may "
+                f"set no label under {RESTRICTED_LABEL_DOMAIN}/ and, of kubernetes.io and k8s.io labels, only "
+                "kubelet's own (NodeRestriction); an admin sets these through the Cluster API")
+
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:
         def beat(node: Obj) -> Obj:
             conds = node.setdefault("status", {}).setdefault("conditions", [])
@@ -274,6 +463,7 @@ class NodeService(pb_grpc.NodeServiceServicer):
                 ready["lastHeartbeatTime"] = now_rfc3339()
             return node
 
+        await self._caller_node(context, "Heartbeat", request.node_name)
         try:
             if self._needs_pod_cidr(request.node_name):
                 await self.assign_pod_cidr(request.node_name)
@@ -367,6 +557,7 @@ class NodeService(pb_grpc.NodeServiceServicer):
     async def WatchAssignments(self, request: pb.WatchAssignmentsRequest,
                                context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Assignments]:
         node = request.node_name
+        await self._caller_node(context, "WatchAssignments", node)
         await self.pods.synced.wait()
         if self.nodes is not None:
             await self.nodes.synced.wait()
@@ -390,12 +581,19 @@ class NodeService(pb_grpc.NodeServiceServicer):
                 pass
 
     async def ReportPodStatus(self, request: pb.PodStatusReport, context: grpc.aio.ServicerContext) -> pb.PodStatusAck:
+        caller = await self._caller_node(context, "ReportPodStatus", request.node_name)
         try:
+            if caller is not None:
+                bound_to = await self._pod_bound_to(request.namespace, request.name, request.uid)
+                authorize_pod_report(caller, request.namespace, request.name, bound_to)
             if request.removed:
                 await self.registry.finalize_pod(request.node_name, request.namespace, request.name, request.uid)
             else:
                 await self.registry.update_pod_status(request.node_name, request.namespace, request.name,
                                                       request.uid, json.loads(request.status_json))
+        except NodeRestrictionError as e:
+            await self._refuse(context, e, "ReportPodStatus", f"node {caller}",
+                               f"pod {request.namespace}/{request.name}", "pod of another node")
         except NotFoundError:
             pass  # the pod is gone already: nothing to record
         except OrchError as e:
