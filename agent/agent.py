@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography import x509
 
 from agent.images import Image, ImageStore, parse_reference
 from agent.images.config import merge_env, resolve_argv, resolve_user, resolve_working_dir, verify_run_as_non_root
@@ -66,6 +67,7 @@ from agent.reconcile import (
     uid_of,
 )
 from agent.runtime.runtime import HOST_IMAGE, ContainerConfig, ContainerState, ContainerStatus, Runtime
+from apimachinery import pki
 from apimachinery.errors import OrchError, RuntimeError_
 from apimachinery.meta import Obj, now_rfc3339, parse_rfc3339
 from apimachinery.pb import node_pb2 as pb
@@ -80,6 +82,9 @@ AGENT_VERSION = "orch-agent/0.1.0"
 REPORT_CONCURRENCY = 16
 # Seconds before a failed attach of an adopted pod is tried again.
 VERIFY_RETRY = 10.0
+# Seconds between looks at the node's certificate files: a rotated certificate is in use
+# within about this long (the agent reconnects with it; see _serve_through).
+CERT_POLL_INTERVAL = 1.0
 NETWORK_MODES = ("bridge", "none")
 
 
@@ -123,6 +128,10 @@ class NodeConfig:
     # HOST:PORT reported at registration once it does.
     listen: str = "127.0.0.1:0"
     endpoint: str = ""
+    # The node's certificate, key and the cluster CA bundle: the agent dials the schedulers
+    # and serves its API over mutual TLS with them (read again when they change). None:
+    # plaintext both ways (--insecure; and a NodeConfig made in code, unless it asks).
+    tls: pki.TLSFiles | None = None
     # HOST:PORT where /metrics is served (agent/metrics.py), reported at registration for
     # Prometheus' service discovery; "" when not served.
     metrics_endpoint: str = ""
@@ -158,6 +167,32 @@ def insecure_registry(host: str, insecure: Sequence[str]) -> bool:
             except ValueError:
                 continue
     return False
+
+
+def files_stamp(files: pki.TLSFiles) -> tuple[tuple[int, int], ...]:
+    """(mtime, size) of the certificate, key and CA bundle: what a rotation changes."""
+    out = []
+    for path in (files.cert, files.key, files.ca):
+        try:
+            st = path.stat()
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((0, 0))
+    return tuple(out)
+
+
+def certificate_serial(pem: bytes) -> int:
+    return int(x509.load_pem_x509_certificate(pem).serial_number)
+
+
+def tls_hint(details: str) -> str:
+    """gRPC's words for a failed connection, with what a TLS failure means for this node."""
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return f"the scheduler's certificate is not signed by a CA of our bundle (or not for its address): {details}"
+    if any(alert in details for alert in ("ALERT_BAD_CERTIFICATE", "ALERT_UNKNOWN_CA", "ALERT_CERTIFICATE_EXPIRED",
+                                          "CERTIFICATE_REQUIRED")):
+        return f"the scheduler refused our certificate: {details}"
+    return details
 
 
 class Agent:
@@ -268,12 +303,15 @@ class Agent:
         while True:
             address = schedulers[at % len(schedulers)]
             try:
-                await self._serve_through(address)
+                if await self._serve_through(address):
+                    continue  # the node's certificate was rotated: dial the same scheduler again at once
                 failed_in_a_row = 0  # it served the node for a while: start the round afresh
                 backoff = 0.5
             except grpc.aio.AioRpcError as e:
                 log.warning("node %s: registering with %s failed: %s %s", self.config.name, address,
-                            e.code().name, e.details())
+                            e.code().name, tls_hint(e.details() or ""))
+            except pki.PkiError as e:  # our own certificate cannot be read: wait for it, as for a scheduler
+                log.error("node %s: cannot dial %s: %s", self.config.name, address, e)
             failed_in_a_row += 1
             at += 1
             if failed_in_a_row >= len(schedulers):
@@ -285,10 +323,50 @@ class Agent:
             else:
                 await asyncio.sleep(0.1)
 
-    async def _serve_through(self, address: str) -> None:
+    async def _channel(self, address: str) -> tuple[grpc.aio.Channel, tuple[tuple[int, int], ...]]:
+        """A channel to the scheduler at ``address``, and the stamp of the certificate files it
+        was made from (see ``_certificate_rotated``). Over mutual TLS the node's certificate is
+        read now, so a new connection presents whatever is on disk; the scheduler's is checked
+        against the CA bundle and for ``address``'s host."""
+        tls = self.config.tls
+        if tls is None:
+            return grpc.aio.insecure_channel(address), ()
+        stamp = files_stamp(tls)
+        # In a thread: load_tls reads again (with short sleeps) when it falls between a rotation's writes.
+        material = await asyncio.to_thread(pki.load_tls, tls)
+        log.info("node %s: dialling %s over mutual TLS with certificate serial %x", self.config.name, address,
+                 certificate_serial(material.certificate_chain))
+        return grpc.aio.secure_channel(address, material.channel_credentials()), stamp
+
+    async def _certificate_rotated(self, stamp: tuple[tuple[int, int], ...]) -> None:
+        """Return once the certificate files differ from ``stamp`` and hold a matching pair
+        again: the connection then ends, and the next one presents the new certificate.
+
+        A reconnect costs a registration and a resend of the statuses, nothing else: the
+        containers run on untouched (invariant 4). kubelet likewise closes its connections when
+        its client certificate is rotated, so the old one stops being used before it expires."""
+        tls = self.config.tls
+        if tls is None:
+            await asyncio.Event().wait()  # plaintext: nothing to watch
+            return
+        while True:
+            await asyncio.sleep(CERT_POLL_INTERVAL)
+            now = files_stamp(tls)
+            if now == stamp:
+                continue
+            try:
+                await asyncio.to_thread(pki.load_tls, tls, attempts=1)
+            except pki.PkiError:
+                continue  # mid-rotation (the key is new, its certificate not yet): look again
+            log.info("node %s: certificate files changed; reconnecting to present the new certificate",
+                     self.config.name)
+            return
+
+    async def _serve_through(self, address: str) -> bool:
         """Register with ``address`` (raising when that fails), then follow its assignments
-        until the connection breaks or the scheduler stops answering heartbeats."""
-        channel = grpc.aio.insecure_channel(address)
+        until the connection breaks, the scheduler stops answering heartbeats or the node's
+        certificate is rotated (then True: reconnect, with the new certificate)."""
+        channel, stamp = await self._channel(address)
         tasks: list[asyncio.Task[None]] = []
         try:
             stub = pb_grpc.NodeServiceStub(channel)
@@ -305,17 +383,20 @@ class Agent:
                     self._on_assignments(msg)
 
             loop = asyncio.get_running_loop()
+            rotated = loop.create_task(self._certificate_rotated(stamp), name="certificate-watch")
             tasks = [loop.create_task(follow(), name="assignments"),
                      loop.create_task(self._heartbeats(stub, max(1, reply.heartbeat_interval_seconds)),
-                                      name="heartbeat")]
+                                      name="heartbeat"),
+                     rotated]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 exc = None if task.cancelled() else task.exception()
                 if isinstance(exc, grpc.aio.AioRpcError):
                     log.warning("node %s: connection to scheduler %s lost: %s %s", self.config.name, address,
-                                exc.code().name, exc.details())
+                                exc.code().name, tls_hint(exc.details() or ""))
                 elif exc is not None:
                     raise exc
+            return rotated in done
         finally:
             self.stub = None
             for task in tasks:

@@ -1,4 +1,9 @@
-"""``orch-agent``: one per node. Registers the node, runs its pods, reports their status."""
+"""``orch-agent``: one per node. Registers the node, runs its pods, reports their status.
+
+It speaks mutual TLS both ways with the node's certificate (``--pki-dir`` or
+``--tls-cert-file``/``--tls-private-key-file``/``--ca-file``): to the schedulers, and on its
+own API, which admits the scheduler only (agent/server.py). Without them it refuses to
+start unless ``--insecure`` asks for plaintext, and then says what that exposes."""
 
 from __future__ import annotations
 
@@ -23,7 +28,9 @@ from agent.metrics import ContainerCollector, count_supervisors, serve_metrics, 
 from agent.runtime import syscalls
 from agent.runtime.runtime import Runtime
 from agent.server import start_server
+from apimachinery import pki
 from apimachinery.errors import OrchError
+from apimachinery.pki import PkiError
 from apimachinery.quantity import QuantityError, parse_cpu, parse_memory
 from apimachinery.tasks import TaskGroup
 
@@ -134,8 +141,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "their cgroups, sandboxes and state, the cgroup root's parents that are left empty, "
                         "and what the pod network made in the agent's network namespace (pods' veths, the "
                         "bridge, the routes it owns, the hostPort nftables table)")
+    g = p.add_argument_group("TLS (docs/security.md)")
+    g.add_argument("--tls-cert-file", type=Path, metavar="FILE",
+                   help="the node's certificate (CN system:node:<name>): presented to the schedulers, and served "
+                        "to them on --listen")
+    g.add_argument("--tls-private-key-file", type=Path, metavar="FILE", help="the key of --tls-cert-file")
+    g.add_argument("--ca-file", type=Path, metavar="FILE",
+                   help="the cluster CA bundle: the schedulers' certificates, and the client certificates of "
+                        "callers of --listen, must be signed by one of its CAs")
+    g.add_argument("--pki-dir", type=Path, metavar="DIR",
+                   help="take whichever of the three above is not given from DIR's standard layout "
+                        "(nodes/<node-name>.crt, .key and ca.crt)")
+    g.add_argument("--insecure", action="store_true",
+                   help="plaintext both ways, no certificates: anyone who reaches --listen can read logs and exec "
+                        "into this node's containers, and anyone between the agent and the scheduler can "
+                        "impersonate either. For throw-away tests only")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
+
+
+INSECURE_WARNING = ("node %s: --insecure: PLAINTEXT to the schedulers and on %s, no certificates: anyone who can "
+                    "reach that port can exec into this node's containers, and anyone on the path can pose as the "
+                    "scheduler. Never do this outside a throw-away test")
+
+
+def node_tls(args: argparse.Namespace) -> pki.TLSFiles | None:
+    """The node's certificate, key and CA bundle; None with ``--insecure``. ValueError names
+    the flags when material is missing: without ``--insecure`` the agent never goes plaintext."""
+    given = {"--tls-cert-file": args.tls_cert_file, "--tls-private-key-file": args.tls_private_key_file,
+             "--ca-file": args.ca_file}
+    if args.insecure:
+        named = [flag for flag, value in given.items() if value is not None] + (["--pki-dir"] if args.pki_dir else [])
+        if named:
+            raise ValueError(f"--insecure is plaintext; it cannot be given with {', '.join(named)}")
+        return None
+    if args.pki_dir is not None:
+        layout = pki.TLSFiles.for_slot(args.pki_dir, pki.node_slot(args.node_name))
+        return pki.TLSFiles(args.tls_cert_file or layout.cert, args.tls_private_key_file or layout.key,
+                            args.ca_file or layout.ca)
+    missing = [flag for flag, value in given.items() if value is None]
+    if len(missing) == len(given):
+        raise ValueError("no TLS material: give --pki-dir DIR (nodes/<node-name>.crt and ca.crt), or "
+                         "--tls-cert-file, --tls-private-key-file and --ca-file; or --insecure for plaintext, which "
+                         "lets anyone who reaches the agent exec into its containers")
+    if missing:
+        raise ValueError(f"{', '.join(missing)} missing: TLS needs --tls-cert-file, --tls-private-key-file and "
+                         "--ca-file together (or --pki-dir DIR)")
+    return pki.TLSFiles(args.tls_cert_file, args.tls_private_key_file, args.ca_file)
 
 
 async def run(config: NodeConfig, metrics_listen: tuple[str, int] | None = None) -> None:
@@ -242,13 +294,31 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         log.error("--metrics-listen: %s", e)
         return 2
+    try:
+        tls = node_tls(args)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
+    if tls is None:
+        log.warning(INSECURE_WARNING, args.node_name, args.listen)
+    else:
+        try:
+            identity = pki.identity_from_pem(pki.load_tls(tls).certificate_chain)
+        except PkiError as e:
+            log.error("%s", e)
+            return 1
+        if identity.node_name != args.node_name:
+            # The scheduler would refuse it (NodeRestriction) and the proxy would not trust its API.
+            log.error("%s is the certificate of %s, not of node %s (CN system:node:%s, O system:nodes)", tls.cert,
+                      identity.user, args.node_name, args.node_name)
+            return 1
     config = NodeConfig(name=args.node_name, schedulers=args.scheduler, state_dir=args.state_dir,
                         cgroup_root=args.cgroup_root, cpu_millis=cpu, memory_bytes=memory,
                         max_pods=args.max_pods, labels=args.labels, address=args.address,
                         pod_pids_limit=args.pod_pids_limit, reserved_cpu_millis=reserved_cpu,
                         reserved_memory_bytes=reserved_memory, listen=args.listen,
                         insecure_registries=tuple(args.insecure_registry), network=args.network,
-                        bridge=args.bridge)
+                        bridge=args.bridge, tls=tls)
     try:
         policy = LogPolicy(parse_memory(args.container_log_max_size), args.container_log_max_files)
     except (QuantityError, ValueError) as e:
@@ -258,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(policy.to_env())
     try:
         asyncio.run(run(config, metrics_listen))
-    except (RuntimeError, OSError) as e:
+    except (RuntimeError, OSError, PkiError) as e:
         log.error("%s", e)
         return 1
     return 0

@@ -19,6 +19,10 @@ default a free port on loopback) and reports the address when it registers.
   a status pipe tells an exit code from a failure to run the command. A caller
   that goes away kills the helper, and the command with it.
 
+**Who may call.** With the node's certificate (``NodeConfig.tls``) the API is mutual TLS and
+admits the scheduler's identity only (``SchedulerOnly``): PERMISSION_DENIED for anyone else,
+another node included.
+
 Errors carry gRPC codes: NOT_FOUND (pod or container unknown here),
 FAILED_PRECONDITION (nothing to show or to exec into yet, or any more),
 INVALID_ARGUMENT (a malformed request).
@@ -31,6 +35,7 @@ import concurrent.futures
 import contextlib
 import errno
 import fcntl
+import inspect
 import json
 import logging
 import os
@@ -41,7 +46,7 @@ import tempfile
 import termios
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +56,7 @@ from agent.reconcile import instances, wants_restart
 from agent.runtime import exec as rexec
 from agent.runtime.logs import LogLine, read_logs
 from agent.runtime.runtime import ContainerState, ContainerStatus
+from apimachinery import pki
 from apimachinery.errors import FieldError, NotFoundError, OrchError, PreconditionError, ValidationError
 from apimachinery.execstream import exec_start
 from apimachinery.meta import Obj
@@ -515,18 +521,91 @@ def advertised_endpoint(listen: str, port: int, address: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class SchedulerOnly(grpc.aio.ServerInterceptor):
+    """Admit only the scheduler: every call whose client certificate is not the scheduler's
+    (``Identity.is_scheduler``) ends in PERMISSION_DENIED naming who was refused.
+
+    The TLS handshake has already checked that the certificate is the cluster CA's; this
+    checks *whose* it is. Logs and exec reach a node through the scheduler, which
+    authorizes the user first (kube-apiserver → kubelet); a node's or a user's own
+    certificate must never exec into a node's pods directly (a node that could would own
+    every other node). gRPC's aio interceptors see no peer, so the check wraps each
+    method's handler and runs first in it."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails],
+                                                             Awaitable[grpc.RpcMethodHandler]],
+                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler  # unknown method: grpc answers UNIMPLEMENTED itself
+        method = handler_call_details.method  # type: ignore[attr-defined]
+        name = method.decode() if isinstance(method, bytes) else str(method)
+        h: Any = handler
+        if h.request_streaming and h.response_streaming:
+            return h._replace(stream_stream=self._streaming(h.stream_stream, name))
+        if h.request_streaming:
+            return h._replace(stream_unary=self._unary(h.stream_unary, name))
+        if h.response_streaming:
+            return h._replace(unary_stream=self._streaming(h.unary_stream, name))
+        return h._replace(unary_unary=self._unary(h.unary_unary, name))
+
+    async def _admit(self, context: grpc.aio.ServicerContext, method: str) -> None:
+        identity = pki.peer_identity(context)
+        if identity is not None and identity.is_scheduler:
+            return
+        who = (f"user {identity.user!r} (groups {', '.join(identity.groups) or 'none'})" if identity is not None
+               else "a client without a certificate")
+        log.warning("node %s: refused %s from %s (%s): only the scheduler may call the agent", self.node,
+                    method, who, context.peer())
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"{who} may not call {method} on node {self.node}: only the scheduler "
+                            f"({pki.SCHEDULER_USER}) may; logs and exec go through the Cluster API")
+
+    def _unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self._admit(context, method)
+            return await behavior(request, context)
+
+        return handle
+
+    def _streaming(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await self._admit(context, method)
+            result = behavior(request, context)
+            if inspect.isasyncgen(result):
+                async with contextlib.aclosing(result) as responses:
+                    async for response in responses:
+                        yield response
+            else:  # a handler that writes with context.write
+                await result
+
+        return handle
+
+
 async def start_server(agent: Agent, listen: str) -> tuple[grpc.aio.Server, NodeAgentService, str]:
-    """Serve ``NodeAgent`` on ``listen`` (port 0: a free one); returns the server and the advertised endpoint."""
-    server = grpc.aio.server()
+    """Serve ``NodeAgent`` on ``listen`` (port 0: a free one); returns the server and the advertised endpoint.
+
+    With the node's TLS files (``agent.config.tls``): mutual TLS, a client certificate of the
+    cluster CA required, the scheduler's only (``SchedulerOnly``); the node's certificate and
+    the CA bundle are read again when they change (a rotation needs no restart)."""
+    tls = agent.config.tls
+    server = grpc.aio.server(interceptors=[SchedulerOnly(agent.config.name)] if tls is not None else None)
     service = NodeAgentService(agent)
     pb_grpc.add_NodeAgentServicer_to_server(service, server)
     try:
-        port = server.add_insecure_port(listen)
+        if tls is not None:
+            port = server.add_secure_port(listen, pki.reloading_server_credentials(tls))
+        else:
+            port = server.add_insecure_port(listen)
     except RuntimeError as e:  # newer grpcio raises where older ones returned 0
         raise OSError(errno.EADDRNOTAVAIL, f"cannot listen on {listen}: {e}") from e
     if port == 0:
         raise OSError(errno.EADDRNOTAVAIL, f"cannot listen on {listen}")
     await server.start()
     endpoint = advertised_endpoint(listen, port, agent.config.address)
-    log.info("node %s: serving logs and exec on %s", agent.config.name, endpoint)
+    log.info("node %s: serving logs and exec on %s over %s", agent.config.name, endpoint,
+             "mutual TLS, to the scheduler only" if tls is not None else "PLAINTEXT")
     return server, service, endpoint

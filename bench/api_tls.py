@@ -6,10 +6,13 @@ What is timed
 Issue 7's performance line: p50/p99 of Cluster API requests with mTLS beside the same
 requests without TLS, in the same run, on reused connections; target overhead ≤ 20 % at p50.
 
-The scheduler does not serve TLS yet, so this benchmark starts its own server process
-(this script with ``--serve``) holding the real ``scheduler.api.ClusterService`` over a
-real ``Registry`` and ``Store`` on a real etcd (``tests/etcd_fixture.running_etcd``), served
-by **two** grpc.aio servers in that one process, as a scheduler would serve both:
+So that both sides are served by one process under the same load, this benchmark starts
+its own server process (this script with ``--serve``) rather than two schedulers: it holds
+the real ``scheduler.api.ClusterService`` (with its authentication and RBAC checks, as the
+scheduler runs it without bindings: the admin certificate is cluster admin, the plaintext
+caller too) over a real ``Registry`` and ``Store`` on a real etcd
+(``tests/etcd_fixture.running_etcd``), served by **two** grpc.aio servers in that one
+process, as a scheduler serving ``--listen`` on two addresses would:
 
 * **plain**: ``add_insecure_port``;
 * **mtls**: ``add_secure_port`` with the scheduler certificate of a PKI made for the run

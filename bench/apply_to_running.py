@@ -173,10 +173,10 @@ def describe_pod(pod: dict[str, Any] | None) -> str:
 class PodWatch:
     """A Watch stream on the bench namespace, read by one thread that stamps each event on arrival."""
 
-    def __init__(self, server: str, namespace: str, resource_version: int) -> None:
+    def __init__(self, server: str, namespace: str, resource_version: int, tls: Any = None) -> None:
         from cli.client import ClusterClient
 
-        self.client = ClusterClient(server)
+        self.client = ClusterClient(server, tls=tls)
         self.namespace = namespace
         self.resource_version = resource_version
         self.cond = threading.Condition()
@@ -257,11 +257,13 @@ def pod_manifest(name: str) -> dict[str, Any]:
 
 
 class OrchSide:
-    def __init__(self, server: str, agents: dict[str, Path], watch: PodWatch, timeout: float) -> None:
+    def __init__(self, server: str, agents: dict[str, Path], watch: PodWatch, timeout: float,
+                 tls: Any = None) -> None:
         from cli.client import ClusterClient
 
-        self.client = ClusterClient(server)
+        self.client = ClusterClient(server, tls=tls)
         self.server = server
+        self.tls = tls  # the lab's admin certificate (cli.client.ClientTLS), None for a plaintext lab
         self.agents = agents  # node name -> its state dir
         self.watch = watch
         self.timeout = timeout
@@ -353,14 +355,17 @@ class RefSide:
 # --------------------------------------------------------------------------- the CLI path
 
 
-def cli_apply(server: str, name: str, config_file: Path) -> tuple[float, float, str]:
+def cli_apply(server: str, name: str, config_file: Path, tls: Any = None) -> tuple[float, float, str]:
     """``python -m cli.main --server S apply -f -``: (spawned, exited) on the monotonic clock, and its output."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["ORCHCONFIG"] = str(config_file)  # never the user's ~/.orch/config.yaml
     env.pop("ORCH_SERVER", None)
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "--server", server, "apply", "-f", "-"],
+    flags = ["--insecure"] if tls is None else [
+        "--certificate-authority", str(tls.certificate_authority), "--client-certificate", str(tls.client_certificate),
+        "--client-key", str(tls.client_key)]
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "--server", server, *flags, "apply", "-f", "-"],
                           input=json.dumps(pod_manifest(name)), capture_output=True, text=True, cwd=ROOT, check=False,
                           env=env, timeout=60)
     t1 = time.monotonic()
@@ -496,7 +501,7 @@ def run_burst(args: argparse.Namespace, orch: OrchSide, ref: RefSide, res: Resul
 def run_cli(args: argparse.Namespace, orch: OrchSide, res: Result, tmp: Path) -> None:
     for i in range(args.cli_pods):
         name = f"cli-{i:03d}"
-        t0, t1, out = cli_apply(orch.server, name, tmp / "orchctl-config.yaml")
+        t0, t1, out = cli_apply(orch.server, name, tmp / "orchctl-config.yaml", orch.tls)
         orch.watch.wait_running([name], t1 + args.timeout)
         s = orch.finish(Sample("cli", name, False, t0, t1, order=5000 + i))
         res.cli.append({"name": name, "output": out, "cli_wall": t1 - t0, "applied_to_running": s.latency,
@@ -532,11 +537,12 @@ def run(args: argparse.Namespace) -> Result:
 
         from cli.client import ClusterClient
 
-        with ClusterClient(server) as c:
+        tls = labmod.client_tls(info)
+        with ClusterClient(server, tls=tls) as c:
             _, rv = c.list("Pod", NAMESPACE)
-        watch = PodWatch(server, NAMESPACE, rv)
+        watch = PodWatch(server, NAMESPACE, rv, tls)
         watch.start()
-        orch = OrchSide(server, agents, watch, args.timeout)
+        orch = OrchSide(server, agents, watch, args.timeout, tls)
         orch.client.list("Node")  # connect the channel before the first timed apply
 
         t = time.monotonic()

@@ -32,7 +32,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cli import lab  # noqa: E402
-from cli.client import ClusterClient  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -81,7 +80,7 @@ def run_orch(n: int, timeout: float) -> dict[str, Any]:
                  "spec": {"terminationGracePeriodSeconds": 0,
                           "containers": [{"name": "c", "image": "host", "command": ["/bin/sleep", "3600"],
                                           "resources": {"limits": {"memory": "16Mi"}}}]}} for i in range(n)]
-        with ClusterClient(info["server"], timeout=60) as client:
+        with lab.client(info, timeout=60) as client:  # the lab's admin certificate
             for start in range(0, n, 50):
                 client.apply(pods[start:start + 50])
             deadline = time.monotonic() + timeout

@@ -154,10 +154,10 @@ def pod_manifest(name: str, node: str) -> dict[str, Any]:
 
 def lab_pods(lab_dir: Path, info: dict[str, Any]) -> tuple[tuple[Path, str], tuple[Path, str]]:
     """Two running pods, on lab-node-1 and lab-node-2: (netns file, pod IP) of each."""
-    from cli.client import ClusterClient
+    from cli import lab
 
     nodes = [a["node"] for a in info["agents"]][:2]
-    with ClusterClient(info["server"], timeout=10) as client:
+    with lab.client(info, timeout=10) as client:  # the lab's admin certificate
         for i, node in enumerate(nodes):
             client.apply([pod_manifest(f"tp-{i}", node)])
         deadline = time.monotonic() + 60

@@ -10,8 +10,8 @@ The workload (as ``test/integration/scheduler_perf/misc/performance-config.yaml`
   as scheduler_perf's are), shaped like scheduler_perf's ``makeBaseNode``: capacity and
   allocatable ``cpu: 4``, ``memory: 32Gi``, ``pods: 110``, condition ``Ready=True``, the
   ``kubernetes.io/hostname`` label.
-* The real scheduler as a separate process: ``python -m scheduler.main --etcd … --leader-elect
-  true`` (the default; ``--leader-elect false`` to run without the election and its fenced
+* The real scheduler as a separate process: ``python -m scheduler.main --etcd … --insecure
+  --leader-elect true`` (the default; ``--leader-elect false`` to run without the election and its fenced
   writes), ``--node-monitor-grace-period`` far beyond the run so the node lifecycle controller
   leaves the agent-less nodes Ready (scheduler_perf runs no such controller).
 * ``--init-pods`` (1000) pods created, then waited for until all are bound; then ``--pods``
@@ -171,7 +171,10 @@ def start_scheduler(tmp: Path, endpoint: str, leader_elect: bool) -> tuple[subpr
     log = tmp / "scheduler.log"
     cmd = [sys.executable, "-m", "scheduler.main", "--etcd", endpoint, "--etcd-prefix", PREFIX,
            "--listen", f"127.0.0.1:{port}", f"--leader-elect={'true' if leader_elect else 'false'}",
-           "--node-monitor-grace-period", "86400"]
+           "--node-monitor-grace-period", "86400",
+           # Plaintext like the reference's aetcd client and etcd itself: the benchmark measures
+           # scheduling; what TLS costs a request is bench/api_tls.py's subject.
+           "--insecure"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})

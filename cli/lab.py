@@ -17,6 +17,12 @@ schedulers stay in the host's namespace on loopback (orchctl and tests reach the
 127.0.0.1); the schedulers also listen on the host end's address, which is where the
 agents dial them, and each agent listens on its node's address for the schedulers'
 log/exec proxy. ``down`` removes the namespaces and the host end with the rest.
+
+**The lab is mutual TLS** (docs/security.md, "Wiring"): ``up`` makes a PKI in ``<lab>/pki``
+(the scheduler's certificate also for the host end's address, each node's for its own),
+starts etcd on ``https://`` requiring a client certificate of etcd's CA, the schedulers
+and agents with their certificates, and gives orchctl's config the admin's. ``up
+--insecure`` keeps all of it plaintext, and every process says so in its log.
 """
 
 from __future__ import annotations
@@ -205,9 +211,10 @@ def _save_state(lab_dir: Path, state: dict[str, Any]) -> None:
 
 
 def up(lab_dir: Path, nodes: int, *, node_cpu: str | None = None, node_memory: str | None = None,
-       schedulers: int = 1, scheduler_args: Sequence[str] = ()) -> dict[str, Any]:
+       schedulers: int = 1, scheduler_args: Sequence[str] = (), insecure: bool = False) -> dict[str, Any]:
     """Start etcd, ``schedulers`` schedulers (each with ``scheduler_args`` added) and ``nodes``
-    agents; return when every node is Ready."""
+    agents; return when every node is Ready. Every connection is mutual TLS with a PKI made
+    in ``<lab>/pki``, unless ``insecure``: plaintext everywhere, each process warning so."""
     if nodes < 1:
         raise LabError("--nodes must be at least 1")
     if nodes > labnet.MAX_NODES:
@@ -223,7 +230,8 @@ def up(lab_dir: Path, nodes: int, *, node_cpu: str | None = None, node_memory: s
     lab_dir.mkdir(parents=True, exist_ok=True)
     ident = lab_id(lab_dir)
     state: dict[str, Any] = {"id": ident, "dir": str(lab_dir), "cgroupRoot": f"orch-lab-{ident}",
-                             "schedulers": [], "agents": []}
+                             "schedulers": [], "agents": [],
+                             "tls": {"enabled": not insecure, "pkiDir": None if insecure else str(lab_dir / PKI_DIR)}}
     _save_state(lab_dir, state)
     try:
         _start_all(lab_dir, state, nodes, node_cpu, node_memory, schedulers, list(scheduler_args))
@@ -234,24 +242,102 @@ def up(lab_dir: Path, nodes: int, *, node_cpu: str | None = None, node_memory: s
     return status(lab_dir)
 
 
+PKI_DIR = "pki"
+
+
+def _pki(state: dict[str, Any]) -> Path | None:
+    """The lab's PKI directory; None for a lab without TLS (``--insecure``, or from before TLS)."""
+    tls = state.get("tls") or {}
+    return Path(tls["pkiDir"]) if tls.get("enabled") and tls.get("pkiDir") else None
+
+
+def client_tls(state: dict[str, Any]) -> Any:
+    """orchctl's ``ClientTLS`` for the lab (its CA and admin certificate), None when plaintext.
+    ``state`` is lab.json's or what ``up``/``status`` return: both have the "tls" it reads."""
+    from cli.client import ClientTLS
+
+    pki_dir = _pki(state)
+    return ClientTLS.from_pki(pki_dir) if pki_dir is not None else None
+
+
+def client(info: dict[str, Any], *, timeout: float | None = None) -> Any:
+    """A ``ClusterClient`` of the lab's schedulers as its admin, from what ``up``/``status`` return."""
+    from cli.client import DEFAULT_TIMEOUT, ClusterClient
+
+    return ClusterClient(str(info["server"]), timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+                         tls=client_tls(info))
+
+
+def _make_pki(pki_dir: Path) -> None:
+    """Both CAs, etcd's certificates, the admin's and a scheduler's for loopback; the
+    scheduler's is issued again and the nodes' made once the network has its addresses
+    (``_issue_for_network``). ECDSA: the whole set takes milliseconds."""
+    from apimachinery.pki import PKI
+
+    PKI(pki_dir).init()
+
+
+def _issue_for_network(pki_dir: Path, net: labnet.LabNetwork, names: Sequence[str]) -> None:
+    """The scheduler's certificate for the lab network's host end too (where agents dial it),
+    and one certificate per node for its address (where the schedulers dial its agent)."""
+    from apimachinery import pki
+
+    p = pki.PKI(pki_dir)
+    ca = p.load_ca()
+    p.issue(pki.SCHEDULER, pki.scheduler_spec([str(net.host_address)]), ca=ca)
+    for i, name in enumerate(names, start=1):
+        p.issue(pki.node_slot(name), pki.node_spec(name, [str(net.node_address(i))]), ca=ca)
+
+
+def _etcd_tls_args(pki_dir: Path | None) -> list[str]:
+    """etcd serving TLS and requiring a client certificate of etcd's own CA (docs/security.md)."""
+    if pki_dir is None:
+        return []
+    return ["--cert-file", str(pki_dir / "etcd/server.crt"), "--key-file", str(pki_dir / "etcd/server.key"),
+            "--client-cert-auth", "--trusted-ca-file", str(pki_dir / "etcd/ca.crt")]
+
+
+def _scheduler_tls_args(pki_dir: Path | None) -> list[str]:
+    if pki_dir is None:
+        return ["--insecure"]
+    return ["--tls-cert-file", str(pki_dir / "scheduler.crt"), "--tls-private-key-file", str(pki_dir / "scheduler.key"),
+            "--client-ca-file", str(pki_dir / "ca.crt"),
+            "--etcd-cafile", str(pki_dir / "etcd/ca.crt"), "--etcd-certfile", str(pki_dir / "etcd/scheduler-client.crt"),
+            "--etcd-keyfile", str(pki_dir / "etcd/scheduler-client.key")]
+
+
+def _agent_tls_args(pki_dir: Path | None, node: str) -> list[str]:
+    if pki_dir is None:
+        return ["--insecure"]
+    return ["--tls-cert-file", str(pki_dir / "nodes" / f"{node}.crt"),
+            "--tls-private-key-file", str(pki_dir / "nodes" / f"{node}.key"), "--ca-file", str(pki_dir / "ca.crt")]
+
+
 def _start_all(lab_dir: Path, state: dict[str, Any], nodes: int, node_cpu: str | None,
                node_memory: str | None, schedulers: int = 1, scheduler_args: list[str] | None = None) -> None:
     client_port, peer_port = free_port(), free_port()
     logs = lab_dir / "logs"
+    pki_dir = _pki(state)
+    if pki_dir is not None:
+        _make_pki(pki_dir)
+    scheme = "https" if pki_dir is not None else "http"
+    # The peer URL stays plaintext on loopback: a one-member cluster has no peers.
     etcd = spawn([
         etcd_binary(), "--name", "lab", "--data-dir", str(lab_dir / "etcd"),
-        "--listen-client-urls", f"http://127.0.0.1:{client_port}",
-        "--advertise-client-urls", f"http://127.0.0.1:{client_port}",
+        "--listen-client-urls", f"{scheme}://127.0.0.1:{client_port}",
+        "--advertise-client-urls", f"{scheme}://127.0.0.1:{client_port}",
         "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
         "--initial-cluster", f"lab=http://127.0.0.1:{peer_port}",
-        "--log-level", "warn",
+        "--log-level", "warn", *_etcd_tls_args(pki_dir),
     ], logs / "etcd.log")
     state["etcd"] = {**etcd, "endpoint": f"127.0.0.1:{client_port}"}
     _save_state(lab_dir, state)
     # The network is built while etcd starts: neither waits for the other.
     names = [f"lab-node-{i}" for i in range(1, nodes + 1)]
     net = labnet.create(lab_dir / "netns", state["id"], names, record=lambda n: _record_network(lab_dir, state, n))
+    if pki_dir is not None:
+        _issue_for_network(pki_dir, net, names)
     wait_port(client_port, 30, "etcd", etcd)
 
     for i in range(1, schedulers + 1):
@@ -261,9 +347,9 @@ def _start_all(lab_dir: Path, state: dict[str, Any], nodes: int, node_cpu: str |
         # Loopback for orchctl and the tests; the host end of the lab network for the agents.
         # /metrics and the Prometheus service discovery on loopback, a port of each one's own.
         scheduler = spawn([
-            sys.executable, "-m", "scheduler.main", "--etcd", f"127.0.0.1:{client_port}",
+            sys.executable, "-m", "scheduler.main", "--etcd", f"{scheme}://127.0.0.1:{client_port}",
             "--listen", f"127.0.0.1:{api_port},{net.host_address}:{api_port}",
-            "--metrics-listen", f"127.0.0.1:{metrics_port}", *(scheduler_args or []),
+            "--metrics-listen", f"127.0.0.1:{metrics_port}", *_scheduler_tls_args(pki_dir), *(scheduler_args or []),
         ], logs / f"{name}.log")
         state["schedulers"].append({**scheduler, "name": name, "address": f"127.0.0.1:{api_port}",
                                     "labAddress": f"{net.host_address}:{api_port}",
@@ -286,7 +372,7 @@ def _start_all(lab_dir: Path, state: dict[str, Any], nodes: int, node_cpu: str |
             # HTTP, as one on loopback is (the nodes' loopback is their own).
             "--insecure-registry", str(net.subnet),
             # Every node serves /metrics on its own address, kubelet's old read-only port.
-            "--metrics-listen", f"{address}:{AGENT_METRICS_PORT}",
+            "--metrics-listen", f"{address}:{AGENT_METRICS_PORT}", *_agent_tls_args(pki_dir, name),
         ]
         if node_cpu:
             argv += ["--cpu", node_cpu]
@@ -332,7 +418,7 @@ def _wait_ready(state: dict[str, Any], nodes: int) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     names = {a["node"] for a in state["agents"]}
     last = "no answer yet"
-    with ClusterClient(server_addresses(state), timeout=5) as client:
+    with ClusterClient(server_addresses(state), timeout=5, tls=client_tls(state)) as client:
         while time.monotonic() < deadline:
             for proc in _processes(state):
                 if not alive(proc):
@@ -435,7 +521,21 @@ def status(lab_dir: Path) -> dict[str, Any]:
         "sd_urls": [f"http://{s['metricsAddress']}/sd" for s in _schedulers(state) if s.get("metricsAddress")],
         "cgroup_root": state.get("cgroupRoot"),
         "network": _network_info(state.get("network")),
+        "tls": _tls_info(state),
     }
+
+
+def _tls_info(state: dict[str, Any]) -> dict[str, Any] | None:
+    """Whether the lab is mutual TLS, and the files orchctl (admin) and etcd's clients use."""
+    if "tls" not in state:
+        return None  # a lab from before TLS: plaintext
+    pki_dir = _pki(state)
+    if pki_dir is None:
+        return {"enabled": False}
+    return {"enabled": True, "pkiDir": str(pki_dir), "certificateAuthority": str(pki_dir / "ca.crt"),
+            "clientCertificate": str(pki_dir / "admin.crt"), "clientKey": str(pki_dir / "admin.key"),
+            "etcdCA": str(pki_dir / "etcd/ca.crt"), "etcdCert": str(pki_dir / "etcd/scheduler-client.crt"),
+            "etcdKey": str(pki_dir / "etcd/scheduler-client.key")}
 
 
 def _network_info(network: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -457,7 +557,7 @@ def leader_of(state: dict[str, Any], timeout: float = 2.0) -> dict[str, Any] | N
     if not servers:
         return None
     try:
-        with ClusterClient(",".join(s["address"] for s in servers), timeout=timeout) as client:
+        with ClusterClient(",".join(s["address"] for s in servers), timeout=timeout, tls=client_tls(state)) as client:
             lease = client.get("Lease", LEADER_LEASE[1], LEADER_LEASE[0])
     except OrchError:
         return None

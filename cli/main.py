@@ -16,7 +16,11 @@
     orchctl pki init|issue|rotate|show ...      (the cluster's certificates: cli/pki.py)
 
 Global options go before or after the verb: ``--server HOST:PORT``, ``--config
-PATH``, ``-n NAMESPACE``, ``--request-timeout S``, ``-v``.
+PATH``, ``-n NAMESPACE``, ``--request-timeout S``, ``-v``; and how to connect, with
+kubectl's names: ``--certificate-authority FILE``, ``--client-certificate FILE``,
+``--client-key FILE``, ``--token TOKEN`` (each beats its field in the config,
+cli/config.py), or ``--insecure`` for plaintext (with a warning on stderr). A failed TLS
+handshake is one error line saying who refused whom (exit 1).
 
 Exit codes: 0 success, 1 an error (printed to stderr as ``error: …``), 2 a usage
 error, 130 interrupted; ``exec`` exits with the command's own exit code. Output meant for people (progress while waiting) goes to
@@ -30,6 +34,7 @@ import contextlib
 import copy
 import json
 import logging
+import math
 import os
 import queue
 import re
@@ -44,11 +49,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+# gRPC's C core logs a failed TLS handshake on stderr itself (and at INFO by default); orchctl
+# says what went wrong in one error line instead (cli/client.py, tls_failure). The setting is
+# read when grpc loads, and taken out of the environment again so that the processes
+# `lab up` starts log as they would.
+if "GRPC_VERBOSITY" not in os.environ:
+    os.environ["GRPC_VERBOSITY"] = "NONE"
+    import grpc  # noqa: F401
+    del os.environ["GRPC_VERBOSITY"]
+
 from apimachinery.errors import ConflictError, ExpiredError, NotFoundError, OrchError, UnavailableError
 from apimachinery.meta import KINDS, Kind, Obj, kind_for
 from cli import manifests, printers, rollout, safe
 from cli.client import DEFAULT_TIMEOUT, ClusterClient
-from cli.config import Config, ConfigError, config_path, load_config, resolve_server, save_config
+from cli.config import Config, ConfigError, config_path, load_config, resolve_credentials, resolve_server, save_config
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +124,18 @@ def _add_global_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
                    help="namespace of the objects (default: default)")
     g.add_argument("--request-timeout", metavar="SECONDS", type=_positive_float, default=default(DEFAULT_TIMEOUT),
                    help="how long to wait for one API call")
+    g.add_argument("--certificate-authority", metavar="FILE", default=default(None),
+                   help="the CA bundle the scheduler's certificate must be signed by (default: the config's "
+                        "certificateAuthority)")
+    g.add_argument("--client-certificate", metavar="FILE", default=default(None),
+                   help="our certificate, presented to the scheduler: its subject is who we are (default: the "
+                        "config's clientCertificate)")
+    g.add_argument("--client-key", metavar="FILE", default=default(None),
+                   help="the key of --client-certificate (default: the config's clientKey)")
+    g.add_argument("--token", metavar="TOKEN", default=default(None),
+                   help="a bearer token sent with every request (default: the config's token)")
+    g.add_argument("--insecure", action="store_true", default=default(False),
+                   help="plaintext, no TLS: only for a cluster started with --insecure (lab up --insecure makes one)")
     g.add_argument("-v", "--verbose", action="count", default=default(0), help="debug logging to stderr")
 
 
@@ -118,6 +144,8 @@ def _positive_float(text: str) -> float:
         value = float(text.rstrip("s"))  # kubectl spells durations "120s"; a bare number works too
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r}: expected seconds, like 30 or 30s") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be a finite number of seconds")
     if value < 0:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must not be negative")
     return value
@@ -135,6 +163,8 @@ def _duration(text: str) -> float:
         if not parts or "".join(n + u for n, u in parts) != text:
             raise argparse.ArgumentTypeError(f"invalid duration {text!r}: expected e.g. 30s, 5m, 1h30m") from None
         value = sum(float(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be a finite number of seconds")
     if value < 0:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must not be negative")
     return value
@@ -376,15 +406,25 @@ class Session:
         if self._client is None:
             self.server = resolve_server(self.args.server, self.config)
             log.debug("using cluster at %s", self.server)
-            self._client = ClusterClient(self.server, timeout=self.args.request_timeout)
+            self._client = self._make_client(self.server, self.config)
         return self._client
 
-    def connect(self, server: str) -> ClusterClient:
-        """Use ``server`` from now on (``lab up`` knows its address before any config does)."""
+    def connect(self, server: str, config: Config) -> ClusterClient:
+        """Use ``server`` with ``config``'s credentials from now on (``lab up`` knows its
+        address and certificates before any config file does)."""
         self.close()
         self.server = server
-        self._client = ClusterClient(server, timeout=self.args.request_timeout)
+        self._client = self._make_client(server, config)
         return self._client
+
+    def _make_client(self, server: str, config: Config) -> ClusterClient:
+        a = self.args
+        credentials = resolve_credentials(config, certificate_authority=a.certificate_authority,
+                                          client_certificate=a.client_certificate, client_key=a.client_key,
+                                          token=a.token, insecure=a.insecure)
+        if credentials.tls is None:
+            warn_plaintext(server)
+        return ClusterClient(server, timeout=a.request_timeout, tls=credentials.tls, token=credentials.token)
 
     @property
     def namespace(self) -> str:
@@ -394,6 +434,11 @@ class Session:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def warn_plaintext(server: str) -> None:
+    err(f"warning: --insecure: talking to {server} in plaintext, without TLS: anyone on the path can read "
+        "and change what is sent, and whoever serves that address is trusted")
 
 
 def out(text: str = "") -> None:
@@ -1132,27 +1177,42 @@ def cmd_lab_up(session: Session) -> int:
     lab_dir = (args.dir if args.dir is not None else lab.DEFAULT_LAB_DIR).resolve()
     # Read the manifest first: a typo in it should not cost a whole lab start-up.
     docs = manifests.load([str(args.apply)]) if args.apply is not None else []
+    if args.insecure:
+        err("warning: --insecure: the lab's etcd, schedulers and agents speak plaintext with no certificates: "
+            "anyone who can reach their ports owns the lab")
     try:
-        status = lab.up(lab_dir, args.nodes, schedulers=args.schedulers)
+        status = lab.up(lab_dir, args.nodes, schedulers=args.schedulers, insecure=args.insecure)
     except OSError as e:
         raise CliError(f"lab up failed: {e}") from e
     server = str(status.get("server") or "")
-    save_config(session.config_path, Config(server=server, lab_dir=str(lab_dir)))
+    config = lab_config(status)
+    save_config(session.config_path, config)
     out(f"lab is up with {args.nodes} node{'s' if args.nodes != 1 else ''}"
         + (f" and {args.schedulers} schedulers" if args.schedulers > 1 else ""))
     out(printers.lab_status(status, config=str(session.config_path)))
     _print_lab_network(status)
+    _print_lab_tls(status)
     if os.environ.get("ORCH_SERVER") and os.environ["ORCH_SERVER"] != server:
         err(f"warning: $ORCH_SERVER={os.environ['ORCH_SERVER']} overrides the config; unset it to use this lab")
     if not docs:
         return EXIT_OK
     out()
-    session.connect(server)
+    session.connect(server, config)
     apply_documents(session, docs)
     namespaces = wait_for_pods(session.client, prepare_documents(docs, session.args.namespace), args.timeout)
     out()
     _print_pods_wide(session.client, namespaces)
     return EXIT_OK
+
+
+def lab_config(status: Mapping[str, Any]) -> Config:
+    """The config that points orchctl at a lab: its servers, and its admin certificate (or plaintext)."""
+    tls = status.get("tls") or {}
+    if not tls.get("enabled"):
+        return Config(server=str(status.get("server") or ""), lab_dir=str(status["lab_dir"]), insecure=True)
+    return Config(server=str(status.get("server") or ""), lab_dir=str(status["lab_dir"]),
+                  certificate_authority=tls["certificateAuthority"], client_certificate=tls["clientCertificate"],
+                  client_key=tls["clientKey"])
 
 
 def _print_pods_wide(client: ClusterClient, namespaces: set[str]) -> None:
@@ -1268,7 +1328,21 @@ def cmd_lab_status(session: Session) -> int:
     else:
         out(printers.lab_status(status))
         _print_lab_network(status)
+        _print_lab_tls(status)
     return EXIT_OK
+
+
+def _print_lab_tls(status: Mapping[str, Any]) -> None:
+    """Whether the lab's connections are mutual TLS, and where its certificates are."""
+    tls = status.get("tls")
+    if not tls:
+        return  # a lab from before TLS
+    out()
+    if tls.get("enabled"):
+        out(f"tls:      mutual TLS (orchctl, agents, schedulers, etcd); certificates in {tls['pkiDir']} "
+            f"(orchctl pki show --dir {tls['pkiDir']})")
+    else:
+        out("tls:      OFF (lab up --insecure): plaintext everywhere, anyone who reaches a port owns the lab")
 
 
 def _print_lab_network(status: Mapping[str, Any]) -> None:
@@ -1537,7 +1611,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     return parser.parse_args(argv)
 
 
-_VALUED_GLOBALS = frozenset({"--server", "--config", "-n", "--namespace", "--request-timeout"})
+_VALUED_GLOBALS = frozenset({"--server", "--config", "-n", "--namespace", "--request-timeout",
+                             "--certificate-authority", "--client-certificate", "--client-key", "--token"})
 
 
 def _verb(argv: list[str]) -> str | None:

@@ -8,7 +8,15 @@ scheduling loop, the controllers and the compactor.
 Every replica also serves HTTP on ``--metrics-listen`` (kube-scheduler's port, 10259, on
 loopback by default): ``/metrics`` (scheduler/metrics.py), ``/sd``, the Prometheus HTTP
 service discovery of every Ready node's agent and every live scheduler (scheduler/sd.py),
-and ``/healthz``."""
+and ``/healthz``.
+
+**TLS** (docs/security.md, "Wiring"). The gRPC ports are mutual TLS: the scheduler serves
+``--tls-cert-file`` and admits only clients whose certificate a CA of ``--client-ca-file``
+signed (their subject is who they are: ``apimachinery.pki.peer_identity``). Without that
+material it refuses to start unless ``--insecure`` asks for plaintext, which it then
+warns about in its log. etcd is spoken to over mutual TLS with ``--etcd https://…`` and the
+``--etcd-*file`` flags. The HTTP port (/metrics, /sd, /healthz) stays plaintext.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +27,15 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import grpc
 import prometheus_client
 
+from apimachinery import pki
 from apimachinery.meta import CONTROLLER_REVISION, DEPLOYMENT, LEASE, NODE, POD
 from apimachinery.pb import node_pb2_grpc
+from apimachinery.pki import PkiError
 from apimachinery.tasks import TaskGroup
 from scheduler.api import ClusterService, add_cluster_service
 from scheduler.config import config_file_argument, default_profiles
@@ -46,14 +57,15 @@ from scheduler.registry import Registry
 from scheduler.queue import MAX_UNSCHEDULABLE_SECONDS
 from scheduler.scheduling import SchedulingLoop
 from scheduler.sd import SD_PATH, SchedulerAnnouncer, ServiceDiscovery
-from scheduler.store import DEFAULT_PREFIX, Store, compact_periodically
+from scheduler.store import DEFAULT_PREFIX, EtcdTLS, Store, compact_periodically
 
 log = logging.getLogger("scheduler")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="orch-scheduler", description=__doc__)
-    p.add_argument("--etcd", default="127.0.0.1:2379", help="etcd client endpoint HOST:PORT")
+    p.add_argument("--etcd", default="127.0.0.1:2379", metavar="[https://]HOST:PORT",
+                   help="etcd's client endpoint; https:// (or an --etcd-*file flag): mutual TLS")
     p.add_argument("--etcd-prefix", default=DEFAULT_PREFIX, help="key prefix of this cluster in etcd")
     p.add_argument("--listen", default="127.0.0.1:6443", metavar="HOST:PORT[,...]",
                    help="gRPC address(es) for orchctl and agents, comma-separated (a lab listens on loopback "
@@ -96,6 +108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         f"HTTP; '' or 'off': nowhere (default 127.0.0.1:{DEFAULT_METRICS_PORT}, kube-scheduler's "
                         "port; when that default is taken, by a second scheduler on this host, this one runs without "
                         "and says so; an address given here must be free)")
+    add_tls_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.metrics_listen is not None and args.metrics_listen.strip().lower() not in ("", "off"):
@@ -113,6 +126,88 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError as e:
         p.error(str(e))
     return args
+
+
+def add_tls_arguments(p: argparse.ArgumentParser) -> None:
+    """kube-apiserver's names for the serving certificate, the client CA and etcd's TLS."""
+    g = p.add_argument_group("TLS (docs/security.md)")
+    g.add_argument("--tls-cert-file", type=Path, metavar="FILE",
+                   help="the scheduler's certificate: served to orchctl and agents, and presented to agents "
+                        "when it dials them for logs and exec")
+    g.add_argument("--tls-private-key-file", type=Path, metavar="FILE", help="the key of --tls-cert-file")
+    g.add_argument("--client-ca-file", type=Path, metavar="FILE",
+                   help="the cluster CA bundle: every client must present a certificate signed by one of its CAs, "
+                        "and agents' serving certificates are checked against it")
+    g.add_argument("--pki-dir", type=Path, metavar="DIR",
+                   help="take whichever of the three above is not given from DIR's standard layout "
+                        "(scheduler.crt, scheduler.key, ca.crt), and the etcd ones (etcd/ca.crt, "
+                        "etcd/scheduler-client.crt/.key) for an https:// --etcd")
+    g.add_argument("--insecure", action="store_true",
+                   help="serve plaintext, with no client certificates: anyone who can reach the port owns the "
+                        "cluster. For throw-away tests only")
+    g.add_argument("--etcd-cafile", type=Path, metavar="FILE", help="etcd's CA: speak TLS to etcd and verify it")
+    g.add_argument("--etcd-certfile", type=Path, metavar="FILE",
+                   help="the client certificate etcd (started with --client-cert-auth) wants from the scheduler")
+    g.add_argument("--etcd-keyfile", type=Path, metavar="FILE", help="the key of --etcd-certfile")
+
+
+class TLSConfigError(ValueError):
+    """TLS flags that are missing or do not fit together; the message names the flags."""
+
+
+INSECURE_WARNING = ("--insecure: the Cluster API and the node protocol are served in PLAINTEXT on %s, with no "
+                    "client certificates: anyone who can reach these ports owns the cluster (runs any container, "
+                    "as root, on every node). Never do this outside a throw-away test")
+
+
+def serving_tls(args: argparse.Namespace) -> pki.TLSFiles | None:
+    """The certificate, key and client CA to serve with; None with ``--insecure``.
+
+    Refuses (TLSConfigError) to run without TLS material unless ``--insecure`` says so:
+    a scheduler that serves plaintext by accident hands the cluster to its network."""
+    given = {"--tls-cert-file": args.tls_cert_file, "--tls-private-key-file": args.tls_private_key_file,
+             "--client-ca-file": args.client_ca_file}
+    if args.insecure:
+        named = [flag for flag, value in given.items() if value is not None] + (["--pki-dir"] if args.pki_dir else [])
+        if named:
+            raise TLSConfigError(f"--insecure serves plaintext; it cannot be given with {', '.join(named)}")
+        return None
+    if args.pki_dir is not None:
+        layout = pki.TLSFiles.for_slot(args.pki_dir, pki.SCHEDULER)
+        return pki.TLSFiles(args.tls_cert_file or layout.cert, args.tls_private_key_file or layout.key,
+                            args.client_ca_file or layout.ca)
+    missing = [flag for flag, value in given.items() if value is None]
+    if len(missing) == len(given):
+        raise TLSConfigError("no TLS material: give --pki-dir DIR, or --tls-cert-file, --tls-private-key-file and "
+                             "--client-ca-file (orchctl pki init makes them); or --insecure to serve plaintext, "
+                             "which lets anyone who can reach the port own the cluster")
+    if missing:
+        raise TLSConfigError(f"{', '.join(missing)} missing: TLS needs --tls-cert-file, --tls-private-key-file and "
+                             "--client-ca-file together (or --pki-dir DIR)")
+    return pki.TLSFiles(args.tls_cert_file, args.tls_private_key_file, args.client_ca_file)
+
+
+def etcd_tls(args: argparse.Namespace) -> EtcdTLS | None:
+    """How to speak to etcd: mutual TLS when ``--etcd`` is ``https://`` or an ``--etcd-*file`` is given."""
+    scheme = args.etcd.split("://", 1)[0].lower() if "://" in args.etcd else ""
+    if scheme not in ("", "http", "https"):
+        raise TLSConfigError(f"--etcd {args.etcd}: expected HOST:PORT, http://HOST:PORT or https://HOST:PORT")
+    given = {"--etcd-cafile": args.etcd_cafile, "--etcd-certfile": args.etcd_certfile,
+             "--etcd-keyfile": args.etcd_keyfile}
+    named = [flag for flag, value in given.items() if value is not None]
+    if scheme == "http" and named:
+        raise TLSConfigError(f"--etcd {args.etcd} is plaintext; it cannot be given with {', '.join(named)}")
+    if scheme != "https" and not named:
+        return None
+    if args.pki_dir is not None:
+        layout = EtcdTLS.from_pki(args.pki_dir)
+        return EtcdTLS(args.etcd_cafile or layout.cafile, args.etcd_certfile or layout.certfile,
+                       args.etcd_keyfile or layout.keyfile)
+    missing = [flag for flag, value in given.items() if value is None]
+    if missing:
+        raise TLSConfigError(f"etcd over TLS needs --etcd-cafile, --etcd-certfile and --etcd-keyfile (or --pki-dir "
+                             f"DIR); missing: {', '.join(missing)}")
+    return EtcdTLS(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile)
 
 
 def boolean_flag(text: str) -> bool:
@@ -168,14 +263,35 @@ async def start_http(routes: Mapping[str, Callable[..., tuple[int, dict[str, str
     return http, advertised(bound_host, bound_port)
 
 
+def listen_on(server: grpc.aio.Server, listen: str, tls: pki.TLSFiles | None) -> None:
+    """Add every address of ``listen``: mutual TLS (a client certificate from the CA bundle
+    required) with ``tls``, else plaintext.
+
+    The credentials reload: before each new handshake gRPC asks whether the certificate,
+    key or CA bundle changed on disk, so a rotated certificate (``orchctl pki rotate
+    scheduler``) or a CA rotation's bundle is served without a restart; connections
+    already open keep the certificate they began with."""
+    for address in filter(None, (a.strip() for a in listen.split(","))):
+        try:
+            # Credentials of their own for each port. Gotcha: gRPC asks the fetcher of dynamic
+            # credentials for each port's first configuration, and ours answers "no change"
+            # after the first: a shared one fails the second port.
+            port = (server.add_secure_port(address, pki.reloading_server_credentials(tls)) if tls is not None
+                    else server.add_insecure_port(address))
+        except RuntimeError as e:  # newer grpcio raises where older ones returned 0
+            raise SystemExit(f"cannot listen on {address}: {e}") from e
+        if port == 0:
+            raise SystemExit(f"cannot listen on {address}")
+
+
 def healthz(headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes]:
     return 200, {"Content-Type": "text/plain"}, b"ok\n"
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def serve(args: argparse.Namespace, tls: pki.TLSFiles | None, etcd: EtcdTLS | None) -> None:
     metrics_at, metrics_required = metrics_address(args)
     metrics = SchedulerMetrics() if metrics_at is not None else None
-    store = Store.connect(args.etcd, args.etcd_prefix)
+    store = Store.connect(args.etcd, args.etcd_prefix, tls=etcd)
     if metrics is not None:
         store.observer = metrics.etcd_request
     elector = LeaderElector(store, lease_duration=args.leader_elect_lease_duration,
@@ -222,14 +338,20 @@ async def serve(args: argparse.Namespace) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)],
                              interceptors=[metrics.grpc] if metrics is not None else None)
     cluster = ClusterService(registry)
+    cluster.proxy.use_tls(tls)  # dials agents with the scheduler's certificate, checks theirs
     add_cluster_service(server, cluster)  # refuses undecodable requests cleanly (scheduler/api.py)
     node_pb2_grpc.add_NodeServiceServicer_to_server(node_service, server)
-    for address in filter(None, (a.strip() for a in args.listen.split(","))):
-        if server.add_insecure_port(address) == 0:
-            raise SystemExit(f"cannot listen on {address}")
+    listen_on(server, args.listen, tls)
     await server.start()
-    log.info("serving the Cluster API and node protocol on %s (etcd %s; pod CIDRs: /%d blocks of %s)",
-             args.listen, args.etcd, args.cluster_cidr.mask_size, args.cluster_cidr.network)
+    log.info("serving the Cluster API and node protocol on %s over %s (etcd %s over %s; pod CIDRs: /%d blocks "
+             "of %s)", args.listen, "mutual TLS" if tls is not None else "PLAINTEXT", args.etcd,
+             "mutual TLS" if etcd is not None else "plaintext", args.cluster_cidr.mask_size,
+             args.cluster_cidr.network)
+    if tls is None:
+        log.warning(INSECURE_WARNING, args.listen)
+    elif etcd is None:
+        log.warning("etcd at %s is spoken to in plaintext: give --etcd https://HOST:PORT with --etcd-cafile, "
+                    "--etcd-certfile and --etcd-keyfile (or --pki-dir) to protect the cluster's state", args.etcd)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -287,8 +409,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(args))
-    except RuntimeError as e:
+        tls, etcd = serving_tls(args), etcd_tls(args)
+    except TLSConfigError as e:
+        sys.stderr.write(f"orch-scheduler: error: {e}\n")
+        return 2
+    try:
+        if tls is not None:
+            pki.load_tls(tls)  # every file there and the key the certificate's, before anything starts
+        if etcd is not None:
+            etcd.credentials()
+    except PkiError as e:
+        log.error("%s", e)
+        return 1
+    try:
+        asyncio.run(serve(args, tls, etcd))
+    except (RuntimeError, PkiError) as e:
         log.error("%s", e)
         return 1
     return 0

@@ -11,6 +11,10 @@ The endpoint comes from the Node: ``status.daemonEndpoints.kubeletEndpoint``
 it, the node's InternalIP). One channel per endpoint is kept and reused; a new
 endpoint (a restarted agent on another port) gets a new one.
 
+**TLS** (``use_tls``): the scheduler dials agents with its own certificate (agents admit
+the scheduler's identity only) and checks the agent's against the cluster CA *and* the
+node's name, so a node that reports another node's address cannot answer for it.
+
 Errors: a missing pod is NOT_FOUND; a pod with no node yet, or a finished pod
 for exec, FAILED_PRECONDITION; an agent that cannot be reached UNAVAILABLE,
 naming the node and endpoint. What the agent answers (NOT_FOUND for a
@@ -28,6 +32,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
 import grpc
 
+from apimachinery import pki
 from apimachinery.errors import FieldError, OrchError, PreconditionError, UnavailableError, ValidationError
 from apimachinery.execstream import exec_start
 from apimachinery.meta import NODE, POD, Obj
@@ -55,6 +60,18 @@ def agent_endpoint(node: Obj) -> str | None:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def file_stamp(files: pki.TLSFiles) -> tuple[tuple[int, int], ...]:
+    """(mtime, size) of the certificate, key and CA bundle: what changes when they are rotated."""
+    out = []
+    for path in (files.cert, files.key, files.ca):
+        try:
+            st = path.stat()
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((0, 0))
+    return tuple(out)
+
+
 #: Bytes a message when the scheduler streams an image archive on to an agent.
 IMPORT_CHUNK = 1024 * 1024
 
@@ -64,17 +81,57 @@ class AgentProxy:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        # One channel per (endpoint, node): the node is the name its certificate must bear.
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
+        self._tls: pki.TLSFiles | None = None
+        self._credentials: grpc.ChannelCredentials | None = None
+        self._stamp: tuple[tuple[int, int], ...] = ()
+        # Channels made with a certificate since rotated: they finish their calls, and close with the proxy.
+        self._retired: list[grpc.aio.Channel] = []
+
+    def use_tls(self, files: pki.TLSFiles | None) -> None:
+        """Dial agents over mutual TLS: present ``files``' certificate (the scheduler's; agents
+        admit only the scheduler) and accept an agent only with a certificate of the CA bundle
+        issued to the node dialled (its name is a DNS SAN of the node's certificate, and the
+        channel checks the certificate for that name, not for the endpoint's address, which a
+        node reports itself). None: plaintext (a scheduler started with ``--insecure``)."""
+        self._tls = files
+        self._credentials = None
 
     async def close(self) -> None:
-        channels, self._channels = self._channels, {}
-        for channel in channels.values():
+        channels, self._channels = [*self._channels.values(), *self._retired], {}
+        self._retired = []
+        for channel in channels:
             await channel.close()
 
-    def _stub(self, endpoint: str) -> pb_grpc.NodeAgentStub:
-        channel = self._channels.get(endpoint)
+    def _current_credentials(self) -> grpc.ChannelCredentials | None:
+        """The channel credentials from the files as they are now: a rotated scheduler
+        certificate is used from the next channel on (channels made before keep theirs)."""
+        if self._tls is None:
+            return None
+        stamp = file_stamp(self._tls)
+        if self._credentials is None or stamp != self._stamp:
+            try:
+                material = pki.load_tls(self._tls, attempts=1)
+            except pki.PkiError:
+                if self._credentials is None:
+                    raise
+                return self._credentials  # caught mid-rotation: the last good pair until the next call
+            self._credentials, self._stamp = material.channel_credentials(), stamp
+            self._retired += self._channels.values()
+            self._channels = {}
+        return self._credentials
+
+    def _stub(self, endpoint: str, node: str) -> pb_grpc.NodeAgentStub:
+        credentials = self._current_credentials()
+        channel = self._channels.get((endpoint, node))
         if channel is None:
-            channel = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint)
+            if credentials is None:
+                channel = grpc.aio.insecure_channel(endpoint)
+            else:
+                channel = grpc.aio.secure_channel(endpoint, credentials,
+                                                  options=[("grpc.ssl_target_name_override", node)])
+            self._channels[(endpoint, node)] = channel
         return pb_grpc.NodeAgentStub(channel)
 
     async def _locate(self, namespace: str, name: str) -> tuple[Obj, str, str]:
@@ -95,10 +152,14 @@ class AgentProxy:
     async def _translate(self, e: grpc.aio.AioRpcError, node: str, endpoint: str) -> tuple[grpc.StatusCode, str]:
         if e.code() == grpc.StatusCode.UNAVAILABLE:
             # Likely an agent that restarted elsewhere: don't keep a channel to where it was.
-            channel = self._channels.pop(endpoint, None)
+            channel = self._channels.pop((endpoint, node), None)
             if channel is not None:
                 await channel.close()
-            return e.code(), f'cannot reach the agent of node "{node}" at {endpoint}: {e.details()}'
+            details = e.details() or ""
+            if "handshake" in details.lower():
+                return e.code(), (f'TLS handshake with the agent of node "{node}" at {endpoint} failed (its '
+                                  f"certificate must be signed by the cluster CA and issued to {node}): {details}")
+            return e.code(), f'cannot reach the agent of node "{node}" at {endpoint}: {details}'
         return e.code(), e.details() or e.code().name
 
     async def import_image(self, request_iterator: AsyncIterator[pb.ImageChunk],
@@ -128,11 +189,13 @@ class AgentProxy:
                         yield pb.ImageChunk(data=data)
 
                 try:
-                    reply = await self._stub(endpoint).ImportImage(chunks())
+                    reply = await self._stub(endpoint, name).ImportImage(chunks())
                     yield reply
                 except grpc.aio.AioRpcError as e:
                     _, message = await self._translate(e, name, endpoint)
                     yield pb.ImportImageReply(node=name, error=message)
+                except OrchError as e:  # our own certificate cannot be read
+                    yield pb.ImportImageReply(node=name, error=str(e))
 
     async def _import_targets(self, node_name: str) -> list[tuple[str, str | None]]:
         if node_name:
@@ -150,6 +213,7 @@ class AgentProxy:
         namespace = request.namespace or "default"
         try:
             pod, node, endpoint = await self._locate(namespace, request.pod)
+            stub = self._stub(endpoint, node)
         except OrchError as e:
             await context.abort(e.code, str(e))
             raise  # unreachable: abort raises
@@ -157,7 +221,7 @@ class AgentProxy:
         forwarded.CopyFrom(request)
         forwarded.namespace = namespace
         forwarded.pod_uid = str(pod["metadata"].get("uid", ""))
-        call = self._stub(endpoint).Logs(forwarded)
+        call = stub.Logs(forwarded)
         try:
             async for chunk in call:
                 yield chunk
@@ -176,6 +240,7 @@ class AgentProxy:
             phase = (pod.get("status") or {}).get("phase")
             if phase in ("Succeeded", "Failed"):
                 raise PreconditionError(f"cannot exec into a container in a completed pod; current phase is {phase}")
+            stub = self._stub(endpoint, node)
         except OrchError as e:
             await context.abort(e.code, str(e))
             raise  # unreachable: abort raises
@@ -188,7 +253,7 @@ class AgentProxy:
             async for msg in requests:
                 yield msg
 
-        call = self._stub(endpoint).Exec(forward())
+        call = stub.Exec(forward())
         try:
             async for out in call:
                 yield out
@@ -245,10 +310,13 @@ class UsageSampler:
 
     async def _read(self, name: str, endpoint: str) -> pb.StatsReply | None:
         try:
-            return await self.proxy._stub(endpoint).Stats(pb.StatsRequest(), timeout=TOP_TIMEOUT)
+            return await self.proxy._stub(endpoint, name).Stats(pb.StatsRequest(), timeout=TOP_TIMEOUT)
         except grpc.aio.AioRpcError as e:
             await self.proxy._translate(e, name, endpoint)
             log.info("top: node %s (%s) did not answer: %s", name, endpoint, e.details())
+            return None
+        except OrchError as e:
+            log.warning("top: cannot dial node %s (%s): %s", name, endpoint, e)
             return None
 
     async def top(self, kind: str, namespace: str) -> tuple[list[cpb.TopEntry], float]:

@@ -33,6 +33,11 @@ a scheduler that was deposed and has not noticed yet cannot bind a pod.
 operation, the resource, the seconds and whether it failed, for every etcd request but
 watches: kube-apiserver's ``etcd_request_duration_seconds{operation,type}``, with its
 verbs (a binding is an ``update`` of ``pods``). Stores made by ``fenced`` share it.
+
+**TLS.** With ``EtcdTLS`` (the scheduler's ``--etcd-cafile/--etcd-certfile/--etcd-keyfile``)
+the client is ``TLSClient``, aetcd's client dialling a ``secure_channel`` and presenting
+the scheduler's etcd client certificate, as etcd started with ``--client-cert-auth``
+demands (docs/security.md, "Wiring").
 """
 
 from __future__ import annotations
@@ -45,12 +50,18 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aetcd
+import aetcd.client
 import aetcd.exceptions
 import aetcd.rtypes
+import aetcd.watcher
+import grpc
+from aetcd import rpc
 
+from apimachinery import pki
 from apimachinery.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -118,10 +129,77 @@ class WatchEvent:
 MAX_RECEIVE_BYTES = 2**31 - 1
 
 
-def etcd_client(host: str, port: int, timeout: int = 10) -> aetcd.Client:
-    """An aetcd client that takes responses of any size etcd sends."""
-    return aetcd.Client(host=host, port=port, timeout=timeout,
-                        options={"grpc.max_receive_message_length": MAX_RECEIVE_BYTES})
+@dataclass(frozen=True, slots=True)
+class EtcdTLS:
+    """The scheduler's side of mutual TLS with etcd (kube-apiserver's ``--etcd-cafile``,
+    ``--etcd-certfile``, ``--etcd-keyfile``): etcd's CA, and the client certificate etcd
+    started with ``--client-cert-auth`` wants (the PKI's ``etcd/scheduler-client``)."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+
+    @classmethod
+    def from_pki(cls, pki_dir: Path) -> EtcdTLS:
+        files = pki.TLSFiles.for_slot(pki_dir, pki.ETCD_SCHEDULER_CLIENT)
+        return cls(files.ca, files.cert, files.key)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Read now (PkiError naming the file when one is missing or the key is not the certificate's)."""
+        return pki.load_tls(pki.TLSFiles(self.certfile, self.keyfile, self.cafile)).channel_credentials()
+
+
+class TLSClient(aetcd.Client):
+    """``aetcd.Client`` over mutual TLS.
+
+    aetcd 1.0 has no TLS: its ``connect`` always dials ``rpc.insecure_channel``, and there
+    is no hook for the channel. This override is that ``connect`` line for line (aetcd
+    1.0.0's ``aetcd/client.py``), with one change: the channel is a ``secure_channel``
+    with ``tls``'s credentials. Everything else aetcd does on connect is kept — the wait
+    when another task is connecting, the stubs, the watcher — except user/password
+    authentication, which a client certificate replaces (so it is refused here rather
+    than half done). The credentials are read on every connect: a client closed and
+    connected again presents a rotated certificate.
+
+    Gotcha: a channel keeps its credentials for its whole life (gRPC Python has no
+    reloading channel credentials), so a scheduler picks up a rotated etcd client
+    certificate when it restarts; etcd accepts the old one until it expires meanwhile.
+    """
+
+    def __init__(self, *, tls: EtcdTLS, **kwargs: Any) -> None:
+        if kwargs.get("username") or kwargs.get("password"):
+            raise ValueError("TLSClient authenticates with its client certificate, not a user and password")
+        super().__init__(**kwargs)
+        self.tls = tls
+
+    @aetcd.client._handle_errors
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        if self._is_connecting:  # type: ignore[has-type]  # aetcd is untyped
+            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            return
+        try:
+            self._is_connecting = True
+            target = f"{self._host}:{self._port}"
+            self.channel = grpc.aio.secure_channel(target, self.tls.credentials(), options=list(self._options.items()))
+            self.kvstub = rpc.KVStub(self.channel)
+            self.clusterstub = rpc.ClusterStub(self.channel)
+            self.leasestub = rpc.LeaseStub(self.channel)
+            self.maintenancestub = rpc.MaintenanceStub(self.channel)
+            self._watcher = aetcd.watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout,
+                                                  metadata=self.metadata)
+            self._connected.set()
+        finally:
+            self._is_connecting = False
+
+
+def etcd_client(host: str, port: int, timeout: int = 10, tls: EtcdTLS | None = None) -> aetcd.Client:
+    """An aetcd client that takes responses of any size etcd sends; over mutual TLS with ``tls``."""
+    options = {"grpc.max_receive_message_length": MAX_RECEIVE_BYTES}
+    if tls is not None:
+        return TLSClient(host=host, port=port, timeout=timeout, options=options, tls=tls)
+    return aetcd.Client(host=host, port=port, timeout=timeout, options=options)
 
 
 def _translate(e: Exception) -> OrchError:
@@ -174,9 +252,12 @@ class Store:
             raise FenceError("not the leader any more: the election key was lost; nothing was written")
 
     @classmethod
-    def connect(cls, endpoint: str, prefix: str = DEFAULT_PREFIX, timeout: int = 10) -> Store:
-        host, _, port = endpoint.rpartition(":")
-        return cls(etcd_client(host or "127.0.0.1", int(port), timeout), prefix)
+    def connect(cls, endpoint: str, prefix: str = DEFAULT_PREFIX, timeout: int = 10,
+                tls: EtcdTLS | None = None) -> Store:
+        """A store on etcd at ``endpoint`` (``HOST:PORT``; an ``http://`` or ``https://`` in front
+        is dropped: TLS is ``tls`` being given), over mutual TLS with ``tls``."""
+        host, _, port = endpoint.split("://", 1)[-1].rpartition(":")
+        return cls(etcd_client(host or "127.0.0.1", int(port), timeout, tls), prefix)
 
     async def close(self) -> None:
         await self.client.close()

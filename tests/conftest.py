@@ -31,10 +31,39 @@ class LabCluster:
     def server(self) -> str:
         return str(self.info["server"])
 
-    def client(self) -> Any:
-        from cli.client import ClusterClient
+    @property
+    def tls(self) -> dict[str, Any] | None:
+        """The lab's TLS files (cli.lab.status's "tls"); None when the lab is plaintext."""
+        tls = self.info.get("tls") or {}
+        return tls if tls.get("enabled") else None
 
-        return ClusterClient(self.server)
+    def client(self) -> Any:
+        """A ClusterClient of the lab's schedulers, with the lab's admin certificate."""
+        from cli.client import ClientTLS, ClusterClient
+
+        tls = self.tls
+        return ClusterClient(self.server, tls=ClientTLS.from_pki(tls["pkiDir"]) if tls else None)
+
+    def tls_flags(self) -> list[str]:
+        """orchctl's flags to connect to the lab as its admin (``--insecure`` for a plaintext lab)."""
+        tls = self.tls
+        if tls is None:
+            return ["--insecure"]
+        return ["--certificate-authority", tls["certificateAuthority"], "--client-certificate",
+                tls["clientCertificate"], "--client-key", tls["clientKey"]]
+
+    def cli_flags(self) -> list[str]:
+        """orchctl's global flags to reach the lab as its admin, ``--server`` included."""
+        return ["--server", self.server, *self.tls_flags()]
+
+    def etcd_store(self, prefix: str = "/orch") -> Any:
+        """A Store on the lab's etcd, over mutual TLS with the scheduler's etcd client certificate
+        (for a test's write no agent or user could make); close it after use."""
+        from scheduler.store import EtcdTLS, Store
+
+        tls = self.tls
+        etcd = EtcdTLS(Path(tls["etcdCA"]), Path(tls["etcdCert"]), Path(tls["etcdKey"])) if tls else None
+        return Store.connect(str(self.info["etcd"]), prefix, tls=etcd)
 
     def agent(self, node: str) -> dict[str, Any]:
         return next(a for a in self.info["agents"] if a["node"] == node)
@@ -59,7 +88,7 @@ class LabCluster:
     def orchctl(self, *args: str) -> int:
         from cli.main import main
 
-        return main(["--server", self.server, *args])
+        return main([*self.cli_flags(), *args])
 
 
 @contextlib.contextmanager

@@ -688,6 +688,9 @@ def no_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ["lab"],
     ["lab", "up", "--nodes", "0"],
     ["get", "pods", "--watch-timeout", "soon"],
+    ["logs", "web", "--since", "inf"],
+    ["logs", "web", "--since", "nan"],
+    ["get", "pods", "--request-timeout", "nan"],
 ])
 def test_usage_errors_exit_2(argv: list[str], no_cluster: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2

@@ -29,6 +29,7 @@ import aetcd
 import pytest
 
 from apimachinery.meta import NODE, POD, Obj, now_rfc3339
+from apimachinery.pki import PKI
 from apimachinery.quantity import parse_cpu
 from scheduler.config import default_profiles
 from scheduler.informer import Informer
@@ -69,8 +70,10 @@ def pod_doc(name: str, namespace: str = "load") -> Obj:
 @contextlib.contextmanager
 def schedulers(etcd: EtcdServer, prefix: str, logs: Path, n: int = 2) -> Iterator[list[subprocess.Popen[bytes]]]:
     """``n`` scheduler processes on one etcd prefix, each scheduling (no leader election);
-    killed by their PIDs on the way out."""
+    killed by their PIDs on the way out. They serve mutual TLS (a PKI of their own: nobody
+    calls them here, but a scheduler does not start without one or --insecure)."""
     procs: list[subprocess.Popen[bytes]] = []
+    PKI(logs / "pki").init()
     try:
         for i in range(n):
             port = _free_port()
@@ -78,7 +81,7 @@ def schedulers(etcd: EtcdServer, prefix: str, logs: Path, n: int = 2) -> Iterato
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "scheduler.main", "--etcd", etcd.endpoint, "--etcd-prefix", prefix,
                      "--listen", f"127.0.0.1:{port}", "--leader-elect=false", "--compaction-interval", "0",
-                     "--node-monitor-grace-period", "600"],
+                     "--node-monitor-grace-period", "600", "--pki-dir", str(logs / "pki")],
                     cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     env={**os.environ, "PYTHONPATH": str(REPO)}))
             deadline = time.monotonic() + 20

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aetcd
 import pytest
 import yaml
 
@@ -169,10 +168,9 @@ def test_deployment_spreads_scales_down_by_apply_and_deletes_its_pods(lab: LabCl
 # --- validation and the store --------------------------------------------------------
 
 
-async def _etcd_objects(endpoint: str) -> dict[bytes, tuple[int, bytes]]:
+async def _etcd_objects(lab: LabCluster) -> dict[bytes, tuple[int, bytes]]:
     """Every object key in etcd with its revision and value, but Nodes (their heartbeats write)."""
-    host, port = endpoint.rsplit(":", 1)
-    async with aetcd.Client(host=host, port=int(port)) as client:
+    async with lab.etcd_store().client as client:  # mutual TLS, as the scheduler's
         rng = await client.get_prefix(b"/orch/")
         return {kv.key: (kv.mod_revision, kv.value) for kv in rng if not kv.key.startswith(b"/orch/nodes/")}
 
@@ -183,14 +181,14 @@ def test_invalid_multi_document_file_is_refused_whole_and_writes_nothing(
     bad = pod_manifest("bad", ns)
     bad["spec"]["containers"][0]["resources"]["limits"]["memory"] = "64MB"
     path = write_yaml(tmp_path / "mixed.yaml", good, bad)
-    before = asyncio.run(_etcd_objects(lab.info["etcd"]))
+    before = asyncio.run(_etcd_objects(lab))
 
     assert lab.orchctl("apply", "-f", str(path)) == 1
     err = capsys.readouterr().err
     assert 'spec.containers[0].resources.limits.memory: "64MB" is not a quantity; use 64Mi or 67108864' in err
     assert "mixed.yaml" in err and "error:" in err
 
-    assert asyncio.run(_etcd_objects(lab.info["etcd"])) == before
+    assert asyncio.run(_etcd_objects(lab)) == before
     with lab.client() as c:
         assert c.list("Pod", ns)[0] == []
 
@@ -316,7 +314,7 @@ def test_a_container_that_exits_while_its_agent_is_down_reports_its_real_exit_co
 def test_orchctl_smoke_as_a_subprocess(lab: LabCluster, ns: str, tmp_path: Path) -> None:
     path = write_yaml(tmp_path / "p.yaml", pod_manifest("smoke", ns))
     env = {**os.environ, "ORCH_SERVER": lab.server, "ORCHCONFIG": str(tmp_path / "none.yaml")}
-    orchctl = [sys.executable, "-m", "cli.main"]
+    orchctl = [sys.executable, "-m", "cli.main", *lab.tls_flags()]  # the server from $ORCH_SERVER
     run = subprocess.run([*orchctl, "apply", "-f", "-"], input=path.read_text(), text=True,
                          capture_output=True, env=env, cwd=REPO, timeout=60)
     assert run.returncode == 0, run.stderr
@@ -382,9 +380,8 @@ def test_pods_finish_with_their_exit_codes(lab: LabCluster, ns: str) -> None:
     assert failed["status"]["containerStatuses"][0]["containerID"].startswith("orch://")
 
 
-async def _compact_now(endpoint: str) -> int:
-    host, port = endpoint.rsplit(":", 1)
-    async with aetcd.Client(host=host, port=int(port)) as client:
+async def _compact_now(lab: LabCluster) -> int:
+    async with lab.etcd_store().client as client:
         rev = (await client.get_prefix(b"/orch/none/")).header.revision
         await client.compact(rev)
         return int(rev)
@@ -403,7 +400,7 @@ def test_watch_from_a_resource_version_and_after_compaction(lab: LabCluster, ns:
                 break
         assert events[0] == ("ADDED", "watched")
         # The history the watch started from is compacted away: the client is told to relist.
-        asyncio.run(_compact_now(lab.info["etcd"]))
+        asyncio.run(_compact_now(lab))
         with pytest.raises(ExpiredError, match="too old resource version"):
             next(iter(c.watch("Pod", ns, resource_version=rv, timeout=10)))
         # The scheduler's own informers carry on: new work still gets scheduled and run.

@@ -15,7 +15,6 @@ from contextlib import contextmanager
 import pytest
 
 from apimachinery.meta import NODE, Obj
-from scheduler.store import Store
 from tests.conftest import LabCluster
 from tests.helpers import wait_for
 from tests.test_e2e import pod_manifest
@@ -27,8 +26,8 @@ def node_names(lab: LabCluster) -> list[str]:
     return sorted(a["node"] for a in lab.info["agents"])
 
 
-async def _change_taints(endpoint: str, node: str, change: Callable[[list[Obj]], list[Obj]]) -> None:
-    store = Store.connect(endpoint)
+async def _change_taints(lab: LabCluster, node: str, change: Callable[[list[Obj]], list[Obj]]) -> None:
+    store = lab.etcd_store()
 
     def retaint(obj: Obj) -> Obj:
         spec = obj.setdefault("spec", {})
@@ -49,11 +48,11 @@ def tainted(lab: LabCluster, taint: Obj) -> Iterator[None]:
     nodes = node_names(lab)
     try:
         for node in nodes:
-            asyncio.run(_change_taints(lab.info["etcd"], node, lambda ts: [*ts, taint]))
+            asyncio.run(_change_taints(lab, node, lambda ts: [*ts, taint]))
         yield
     finally:
         for node in nodes:
-            asyncio.run(_change_taints(lab.info["etcd"], node, lambda ts: [t for t in ts if t != taint]))
+            asyncio.run(_change_taints(lab, node, lambda ts: [t for t in ts if t != taint]))
 
 
 def scheduled_condition(lab: LabCluster, ns: str, name: str) -> Obj | None:

@@ -115,7 +115,8 @@ def test_one_leader_and_killing_it_hands_over_within_the_lease_ttl(
     assert took <= LEASE_TTL + 3
     # orchctl, given the dead address first, goes on to the survivor, which names the new holder.
     capsys.readouterr()
-    assert main(["--server", f"{first['address']},{survivor['address']}", "get", "leases", "-n", "kube-system"]) == 0
+    assert main(["--server", f"{first['address']},{survivor['address']}", *lab.tls_flags(), "get", "leases", "-n",
+                 "kube-system"]) == 0
     out = capsys.readouterr().out
     assert holder not in out and f"_{survivor['pid']}_" in out
 

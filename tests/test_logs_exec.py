@@ -51,7 +51,7 @@ def start(lab: LabCluster, *pods: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def orchctl_process(lab: LabCluster, *args: str) -> list[str]:
-    return [sys.executable, "-m", "cli.main", "--server", lab.server, *args]
+    return [sys.executable, "-m", "cli.main", *lab.cli_flags(), *args]
 
 
 def run(lab: LabCluster, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:

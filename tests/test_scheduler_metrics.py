@@ -78,7 +78,10 @@ def scheduler_process(etcd: EtcdServer, prefix: str, logs: Path, name: str) -> I
         proc = subprocess.Popen(
             [sys.executable, "-m", "scheduler.main", "--etcd", etcd.endpoint, "--etcd-prefix", prefix,
              "--listen", f"127.0.0.1:{grpc_port}", "--metrics-listen", f"127.0.0.1:{metrics_port}",
-             "--compaction-interval", "0", "--node-monitor-grace-period", "600"],
+             "--compaction-interval", "0", "--node-monitor-grace-period", "600",
+             # Plaintext: this test registers made-up nodes itself, which NodeRestriction
+             # refuses to anyone but each node (tests/test_mtls.py covers TLS).
+             "--insecure"],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
