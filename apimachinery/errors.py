@@ -82,11 +82,25 @@ class RuntimeError_(OrchError):  # noqa: N801 - trailing underscore: not the bui
     code = grpc.StatusCode.INTERNAL
 
 
+class UnauthenticatedError(OrchError):
+    """Kubernetes' 401: the caller could not be identified (an unknown bearer token, no
+    client certificate on a TLS connection)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ForbiddenError(OrchError):
+    """Kubernetes' 403: the caller is known and not allowed this (RBAC, NodeRestriction);
+    the message names the permission that is missing."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 _BY_CODE: dict[grpc.StatusCode, type[OrchError]] = {
     cls.code: cls
     for cls in (
         ValidationError, ConflictError, NotFoundError, AlreadyExistsError, UnavailableError, ExpiredError,
-        PreconditionError, RuntimeError_,
+        PreconditionError, RuntimeError_, UnauthenticatedError, ForbiddenError,
     )
 }
 

@@ -32,6 +32,14 @@ before it reaches the registry or etcd, and a refused one writes nothing:
   without internals in the message: a fuzzer (tests/test_fuzz_api.py) treats either as
   a bug.
 
+**Who may do what** (scheduler/auth.py, docs/rbac.md): every method first
+authenticates its caller (``AccessControl.call``), checks its request, then asks for
+the permissions it needs as ``Attributes`` (verb, resource, namespace, name) before
+it reads or writes anything; a refusal is PERMISSION_DENIED naming the missing
+permission, and changes nothing. Apply asks per object for *create* and *update*
+(whichever the write turns out to be; a dry run too), and the whole Apply is refused
+if any object is.
+
 Status messages are capped (``status_message``): gRPC sends them percent-encoded in a
 trailer, and a client refuses metadata over 16 KiB (the stream then fails with
 RESOURCE_EXHAUSTED and the real error is lost). A long validation error keeps its
@@ -44,7 +52,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import grpc
@@ -64,7 +72,10 @@ from apimachinery.validation import (
     DocumentError,
     document_problem,
     loads_json,
+    validate,
 )
+from scheduler import auth
+from scheduler.auth import APPLY, AccessControl, Attributes, Call, Decision
 from scheduler.proxy import AgentProxy, UsageSampler
 from scheduler.registry import Registry
 from scheduler.store import MAX_OBJECTS_PER_TXN, Store
@@ -130,11 +141,13 @@ def error_message(e: OrchError) -> str:
 
 
 async def abort(context: grpc.aio.ServicerContext, e: OrchError) -> None:
+    auth.ending(e.code)  # the audit record first: abort sends the status at once
     await context.abort(e.code, error_message(e))
 
 
 async def _abort_internal(context: grpc.aio.ServicerContext, what: str) -> None:
     log.exception("Cluster API %s failed", what)
+    auth.ending(grpc.StatusCode.INTERNAL)
     await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
@@ -306,6 +319,51 @@ def _check_image_chunk(chunk: agent_pb2.ImageChunk) -> None:
         check_name(chunk.node, "node")
 
 
+# --- what each request asks (scheduler/auth.py decides) ------------------------------------------
+
+
+def _target(verb: str, kind: Kind, namespace: str | None, name: str = "") -> Attributes:
+    """``verb`` on ``kind``; a namespaced kind with ``namespace`` None means every namespace."""
+    return Attributes(verb, kind.plural, namespace if kind.namespaced else None, name, kind.namespaced)
+
+
+def apply_targets(raws: list[Any]) -> list[tuple[Kind, str | None, str]]:
+    """Kind, namespace and name of every applied document that validates: what it would
+    write, read from the validated object (defaults applied) so that the permission asked
+    for is the one the write needs. A document that does not validate is left out: the
+    registry refuses the whole Apply for it, and nothing is written."""
+    out = []
+    for raw in raws:
+        try:
+            obj = validate(raw)
+        except ValidationError:
+            continue
+        kind = KINDS.get(obj["kind"])
+        if kind is not None:
+            md = obj["metadata"]
+            out.append((kind, md.get("namespace") if kind.namespaced else None, md["name"]))
+    return out
+
+
+def _top_target(kind: str, namespace: str) -> Attributes:
+    if kind == "nodes":
+        return Attributes("get", "nodes/metrics", None, namespaced=False)
+    if kind == "pods":
+        return Attributes("get", "pods/metrics", namespace or None)
+    raise ValidationError(FieldError("kind", f'must be "nodes" or "pods", got {kind!r}'))
+
+
+def _exec_target(message: agent_pb2.ExecInput) -> Attributes:
+    if message.WhichOneof("input") != "start":
+        # Refused here too (apimachinery.execstream does it), so that no stream goes on unauthorised.
+        raise ValidationError(FieldError("", "the first message of an exec must be its start"))
+    start = message.start
+    return Attributes("create", "pods/exec", start.namespace or "default", start.pod)
+
+
+IMAGES = Attributes("create", "images", None, namespaced=False)
+
+
 async def _first_checked(context: grpc.aio.ServicerContext, requests: AsyncIterator[T],
                          check: Callable[[T], None]) -> AsyncIterator[T]:
     """``requests`` with the first one checked before it is passed on."""
@@ -321,63 +379,109 @@ async def _first_checked(context: grpc.aio.ServicerContext, requests: AsyncItera
 
 
 class ClusterService(pb_grpc.ClusterServicer):
-    def __init__(self, registry: Registry) -> None:
+    """The Cluster API. ``access`` says who may do what and where that is recorded; the
+    default (``AccessControl()``, for tests and embedding) binds nobody and audits
+    nothing: the anonymous caller of a plaintext port is admin, a TLS caller gets what
+    system:masters and system:schedulers get. The scheduler passes ``auth.from_args``."""
+
+    def __init__(self, registry: Registry, access: AccessControl | None = None) -> None:
         self.registry = registry
         self.store: Store = registry.store
         self.proxy = AgentProxy(self.store)
         self.usage = UsageSampler(self.proxy)
+        self.access = access if access is not None else AccessControl()
 
     async def Apply(self, request: pb.ApplyRequest, context: grpc.aio.ServicerContext) -> pb.ApplyResponse:
-        async def apply() -> Any:
-            raws = apply_documents(list(request.objects_json))
-            return await self.registry.apply(raws, dry_run=request.dry_run)
+        async with self.access.call(context, "Apply") as call:
+            async def apply() -> Any:
+                raws = apply_documents(list(request.objects_json))
+                targets = await self._authorize_apply(call, raws, request.dry_run)
+                results = await self.registry.apply(raws, dry_run=request.dry_run)
+                if len(results) == len(targets):  # always, once the registry took every document
+                    call.set_targets([replace(t, verb="create" if r.action == "created" else "update")
+                                      for t, r in zip(targets, results, strict=True)])
+                return results
 
-        results = await guarded(context, apply(), "Apply")
-        return pb.ApplyResponse(results=[pb.ApplyResult(object_json=json.dumps(r.obj), action=r.action)
-                                         for r in results])
+            results = await guarded(context, apply(), "Apply")
+            return pb.ApplyResponse(results=[pb.ApplyResult(object_json=json.dumps(r.obj), action=r.action)
+                                             for r in results])
+
+    async def _authorize_apply(self, call: Call, raws: list[Any], dry_run: bool) -> list[Attributes]:
+        """Create or update per object, or Forbidden for the whole Apply.
+
+        A caller allowed both (every built-in role pairs them) needs no lookup: which
+        one it was, the registry's result says. A caller allowed neither is refused
+        "create or update" *without* a lookup: naming the one it would have been would
+        tell a caller who may not read the object whether it exists. Only a caller
+        allowed exactly one has the object looked up.
+        """
+        decided: list[tuple[Attributes, Decision]] = []
+        for kind, namespace, name in apply_targets(raws):
+            either = _target(APPLY, kind, namespace, name)
+            may_create = call.check(replace(either, verb="create"))
+            may_update = call.check(replace(either, verb="update"))
+            if may_create.allowed and may_update.allowed:
+                decided.append((either, may_create))
+            elif not may_create.allowed and not may_update.allowed:
+                decided.append((either, call.refusal(either)))
+            elif await self.store.get_or_none(kind, namespace, name) is not None:
+                decided.append((replace(either, verb="update"), may_update))
+            else:
+                decided.append((replace(either, verb="create"), may_create))
+        call.grant(decided, dry_run=dry_run)
+        return [a for a, _ in decided]
 
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.ObjectResponse:
-        async def get() -> Obj:
-            kind = resolve_kind(request.kind)
-            namespace = _namespace(kind, request.namespace)
-            return await self.store.get(kind, namespace or "default", check_name(request.name))
+        async with self.access.call(context, "Get") as call:
+            async def get() -> Obj:
+                kind = resolve_kind(request.kind)
+                namespace = _namespace(kind, request.namespace) or "default"
+                name = check_name(request.name)
+                call.authorize(_target("get", kind, namespace, name))
+                return await self.store.get(kind, namespace, name)
 
-        return pb.ObjectResponse(object_json=json.dumps(await guarded(context, get(), "Get")))
+            return pb.ObjectResponse(object_json=json.dumps(await guarded(context, get(), "Get")))
 
     async def List(self, request: pb.ListRequest, context: grpc.aio.ServicerContext) -> pb.ListResponse:
-        async def list_() -> tuple[list[Obj], int]:
-            kind = resolve_kind(request.kind)
-            namespace = _namespace(kind, request.namespace)
-            sel = matcher(request.label_selector)
-            items, rev = await self.store.list(kind, namespace)
-            return [o for o in items if sel.matches(o["metadata"].get("labels") or {})], rev
+        async with self.access.call(context, "List") as call:
+            async def list_() -> tuple[list[Obj], int]:
+                kind = resolve_kind(request.kind)
+                namespace = _namespace(kind, request.namespace)
+                sel = matcher(request.label_selector)
+                call.authorize(_target("list", kind, namespace))
+                items, rev = await self.store.list(kind, namespace)
+                return [o for o in items if sel.matches(o["metadata"].get("labels") or {})], rev
 
-        items, rev = await guarded(context, list_(), "List")
-        return pb.ListResponse(items_json=[json.dumps(o) for o in items], resource_version=rev)
+            items, rev = await guarded(context, list_(), "List")
+            return pb.ListResponse(items_json=[json.dumps(o) for o in items], resource_version=rev)
 
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.ObjectResponse:
-        async def delete() -> Obj:
-            kind = resolve_kind(request.kind)
-            namespace = _namespace(kind, request.namespace)
-            name = check_name(request.name)
-            grace = request.grace_period_seconds if request.HasField("grace_period_seconds") else None
-            if grace is not None:
-                _non_negative(grace, "gracePeriodSeconds", MAX_GRACE_PERIOD_SECONDS)
-            return await self.registry.delete(kind, namespace or "default", name, grace)
+        async with self.access.call(context, "Delete") as call:
+            async def delete() -> Obj:
+                kind = resolve_kind(request.kind)
+                namespace = _namespace(kind, request.namespace) or "default"
+                name = check_name(request.name)
+                grace = request.grace_period_seconds if request.HasField("grace_period_seconds") else None
+                if grace is not None:
+                    _non_negative(grace, "gracePeriodSeconds", MAX_GRACE_PERIOD_SECONDS)
+                call.authorize(_target("delete", kind, namespace, name))
+                return await self.registry.delete(kind, namespace, name, grace)
 
-        return pb.ObjectResponse(object_json=json.dumps(await guarded(context, delete(), "Delete")))
+            return pb.ObjectResponse(object_json=json.dumps(await guarded(context, delete(), "Delete")))
 
     async def Watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEvent]:
-        async with contextlib.aclosing(streamed(context, self._watch(request, context), "Watch")) as events:
-            async for event in events:
-                yield event
+        async with self.access.call(context, "Watch", long_running=True) as call:
+            async with contextlib.aclosing(streamed(context, self._watch(request, context, call), "Watch")) as events:
+                async for event in events:
+                    yield event
 
-    async def _watch(self, request: pb.WatchRequest,
-                     context: grpc.aio.ServicerContext) -> AsyncGenerator[pb.WatchEvent, None]:
+    async def _watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext,
+                     call: Call) -> AsyncGenerator[pb.WatchEvent, None]:
         kind = resolve_kind(request.kind)
         ns = _namespace(kind, request.namespace)
         sel = matcher(request.label_selector)
         start = _non_negative(request.resource_version, "resourceVersion")
+        call.authorize(_target("watch", kind, ns))
         if start > 0:
             current = await self.store.revision()
             if start > current:
@@ -398,45 +502,66 @@ class ClusterService(pb_grpc.ClusterServicer):
                     yield pb.WatchEvent(type=ev.type, object_json=json.dumps(ev.obj))
 
     async def PatchNode(self, request: pb.PatchNodeRequest, context: grpc.aio.ServicerContext) -> pb.ObjectResponse:
-        async def patch() -> Obj:
-            name = check_name(request.name)
-            body = strict_json(request.spec_patch_json or "{}", "spec")
-            return await self.registry.patch_node_spec(name, body)
+        async with self.access.call(context, "PatchNode") as call:
+            async def patch() -> Obj:
+                name = check_name(request.name)
+                body = strict_json(request.spec_patch_json or "{}", "spec")
+                call.authorize(Attributes("patch", "nodes", None, name, namespaced=False))
+                return await self.registry.patch_node_spec(name, body)
 
-        return pb.ObjectResponse(object_json=json.dumps(await guarded(context, patch(), "PatchNode")))
+            return pb.ObjectResponse(object_json=json.dumps(await guarded(context, patch(), "PatchNode")))
 
     async def Top(self, request: pb.TopRequest, context: grpc.aio.ServicerContext) -> pb.TopReply:
         """``orchctl top``: usage read from the agents' Stats (scheduler/proxy.py's UsageSampler)."""
-        async def top() -> tuple[list[pb.TopEntry], float]:
-            namespace = check_namespace(request.namespace) if request.namespace else ""
-            return await self.usage.top(request.kind, namespace)
+        async with self.access.call(context, "Top") as call:
+            async def top() -> tuple[list[pb.TopEntry], float]:
+                namespace = check_namespace(request.namespace) if request.namespace else ""
+                call.authorize(_top_target(request.kind, namespace))
+                return await self.usage.top(request.kind, namespace)
 
-        entries, window = await guarded(context, top(), "Top")
-        return pb.TopReply(entries=entries, window_seconds=window)
+            entries, window = await guarded(context, top(), "Top")
+            return pb.TopReply(entries=entries, window_seconds=window)
 
     # Logs and exec go to the agent of the pod's node (scheduler/proxy.py).
 
     async def PodLogs(self, request: agent_pb2.LogsRequest,
                       context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.LogChunk]:
-        await checked(context, lambda: _check_logs(request))
-        async with contextlib.aclosing(streamed(context, self.proxy.logs(request, context), "PodLogs")) as chunks:
-            async for chunk in chunks:
-                yield chunk
+        async with self.access.call(context, "PodLogs", long_running=True) as call:
+            await checked(context, lambda: _check_logs(request))
+            await checked(context, lambda: call.authorize(
+                Attributes("get", "pods/log", request.namespace or "default", request.pod)))
+            async with contextlib.aclosing(streamed(context, self.proxy.logs(request, context), "PodLogs")) as chunks:
+                async for chunk in chunks:
+                    yield chunk
 
     async def ImportImage(self, request_iterator: AsyncIterator[agent_pb2.ImageChunk],
                           context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.ImportImageReply]:
-        requests = _first_checked(context, request_iterator, _check_image_chunk)
-        async with contextlib.aclosing(streamed(context, self.proxy.import_image(requests, context),
-                                                "ImportImage")) as replies:
-            async for reply in replies:
-                yield reply
+        async with self.access.call(context, "ImportImage") as call:
+            # Decided before a byte of the image is read: the permission does not depend on it.
+            await checked(context, lambda: call.authorize(IMAGES))
+
+            def check(chunk: agent_pb2.ImageChunk) -> None:
+                _check_image_chunk(chunk)
+                call.name_override = chunk.node or None  # the node, for the record; none: every Ready node
+
+            requests = _first_checked(context, request_iterator, check)
+            async with contextlib.aclosing(streamed(context, self.proxy.import_image(requests, context),
+                                                    "ImportImage")) as replies:
+                async for reply in replies:
+                    yield reply
 
     async def PodExec(self, request_iterator: AsyncIterator[agent_pb2.ExecInput],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.ExecOutput]:
-        requests = _first_checked(context, request_iterator, _check_exec_input)
-        async with contextlib.aclosing(streamed(context, self.proxy.exec(requests, context), "PodExec")) as outputs:
-            async for out in outputs:
-                yield out
+        async with self.access.call(context, "PodExec", long_running=True) as call:
+            def check(message: agent_pb2.ExecInput) -> None:
+                _check_exec_input(message)
+                call.authorize(_exec_target(message))
+
+            requests = _first_checked(context, request_iterator, check)
+            async with contextlib.aclosing(streamed(context, self.proxy.exec(requests, context),
+                                                    "PodExec")) as outputs:
+                async for out in outputs:
+                    yield out
 
 
 # --- registration: requests that do not decode ------------------------------------------------

@@ -37,6 +37,7 @@ from apimachinery.meta import CONTROLLER_REVISION, DEPLOYMENT, LEASE, NODE, POD
 from apimachinery.pb import node_pb2_grpc
 from apimachinery.pki import PkiError
 from apimachinery.tasks import TaskGroup
+from scheduler import auth
 from scheduler.api import ClusterService, add_cluster_service
 from scheduler.config import config_file_argument, default_profiles
 from scheduler.controllers import DeploymentController, NodeLifecycleController
@@ -109,6 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "port; when that default is taken, by a second scheduler on this host, this one runs without "
                         "and says so; an address given here must be free)")
     add_tls_arguments(p)
+    auth.add_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.metrics_listen is not None and args.metrics_listen.strip().lower() not in ("", "off"):
@@ -337,7 +339,8 @@ async def serve(args: argparse.Namespace, tls: pki.TLSFiles | None, etcd: EtcdTL
     # 4 MiB requests at most: an object is at most 1.5 MiB (etcd's limit), an Apply 60 of them.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)],
                              interceptors=[metrics.grpc] if metrics is not None else None)
-    cluster = ClusterService(registry)
+    access = auth.from_args(args)  # opens the audit log: an unwritable path stops the start here
+    cluster = ClusterService(registry, access)
     cluster.proxy.use_tls(tls)  # dials agents with the scheduler's certificate, checks theirs
     add_cluster_service(server, cluster)  # refuses undecodable requests cleanly (scheduler/api.py)
     node_pb2_grpc.add_NodeServiceServicer_to_server(node_service, server)
@@ -397,6 +400,7 @@ async def serve(args: argparse.Namespace, tls: pki.TLSFiles | None, etcd: EtcdTL
         if http is not None:
             await http.close()
         await cluster.proxy.close()
+        access.close()  # writes out the audit records still queued
         await tasks.cancel()
         await store.close()
 

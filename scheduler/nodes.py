@@ -95,6 +95,7 @@ from apimachinery.errors import (
     AlreadyExistsError,
     ConflictError,
     FieldError,
+    ForbiddenError,
     NotFoundError,
     OrchError,
     ValidationError,
@@ -220,12 +221,9 @@ def metrics_endpoint(text: str) -> Obj | None:
 # --- NodeRestriction: who may do what (pure decisions; the servicer only applies them) -----
 
 
-class NodeRestrictionError(OrchError):
+class NodeRestrictionError(ForbiddenError):
     """A caller acting beyond what its certificate allows: PERMISSION_DENIED, Kubernetes'
-    Forbidden. (Local to the node protocol: apimachinery/errors.py has no PERMISSION_DENIED
-    class yet.)"""
-
-    code = grpc.StatusCode.PERMISSION_DENIED
+    Forbidden."""
 
 
 #: The label domain reserved to admins: nodes may never set labels under it, so a workload
