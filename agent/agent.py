@@ -72,7 +72,7 @@ from apimachinery.errors import OrchError, RuntimeError_
 from apimachinery.meta import Obj, now_rfc3339, parse_rfc3339
 from apimachinery.pb import node_pb2 as pb
 from apimachinery.pb import node_pb2_grpc as pb_grpc
-from apimachinery.quantity import parse_cpu
+from apimachinery.quantity import parse_cpu, parse_memory
 from apimachinery.validation import container_limits
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,25 @@ def error_text(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror and e.filename is None:
         return e.strerror
     return str(e)
+
+
+def volume_mounts(spec: Obj, container: Obj) -> list[dict[str, Any]]:
+    """The container's volumeMounts, each with its volume's source, as the runtime takes them
+    (``ContainerConfig.volume_mounts``): an emptyDir's sizeLimit in bytes."""
+    volumes = {v["name"]: v for v in spec.get("volumes") or []}
+    out: list[dict[str, Any]] = []
+    for m in container.get("volumeMounts") or []:
+        volume = volumes[m["name"]]  # validation saw to it that it is there
+        entry: dict[str, Any] = {"name": m["name"], "mountPath": m["mountPath"], "readOnly": bool(m.get("readOnly"))}
+        if "hostPath" in volume:
+            entry["hostPath"] = {"path": volume["hostPath"]["path"], "type": volume["hostPath"].get("type", "")}
+        else:
+            empty = volume.get("emptyDir") or {}
+            limit = empty.get("sizeLimit")
+            entry["emptyDir"] = {"medium": empty.get("medium", ""),
+                                 "sizeBytes": parse_memory(limit) if limit is not None else None}
+        out.append(entry)
+    return out
 
 
 def sandbox_identity(pod: Obj) -> tuple[str, bool]:
@@ -507,6 +526,12 @@ class Agent:
         if net is None:
             return
         cidr = net.cidr
+        if pod["spec"].get("hostNetwork") is True:
+            # The node's network: no veth, no address, no pod CIDR to wait for; its podIP is
+            # the node's (reconcile.pod_status). Marked checked, so it is not attached again.
+            if cidr is not None:
+                self.net_verified[uid] = cidr
+            return
         if record.pod_ip and (cidr is None or self.net_verified.get(uid) == cidr):
             # Attached by this process; or the node has lost its CIDR and the pod keeps what it has.
             return
@@ -515,7 +540,8 @@ class Agent:
         hostname, host_users = sandbox_identity(pod)
 
         def attach() -> PodAddress:
-            path = self.runtime.ensure_sandbox(uid, hostname, host_users=host_users)
+            path = self.runtime.ensure_sandbox(uid, hostname, host_users=host_users,
+                                               host_ipc=pod["spec"].get("hostIPC") is True)
             return net.attach(uid, path)
 
         try:
@@ -662,6 +688,11 @@ class Agent:
         cpu_request = container.get("resources", {}).get("requests", {}).get("cpu")
         md = pod["metadata"]
         hostname, host_users = sandbox_identity(pod)
+        spec = pod["spec"]
+        host_network = spec.get("hostNetwork") is True
+        if host_network:
+            hostname = os.uname().nodename  # the node's UTS namespace comes with its network (runtime.py)
+        seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
         return ContainerConfig(
             id=secrets.token_hex(32), pod_uid=md["uid"], pod_namespace=md["namespace"], pod_name=md["name"],
             name=container["name"], image=container["image"], argv=argv, env=env,
@@ -674,8 +705,12 @@ class Agent:
             capabilities_add=list(caps.get("add", [])), capabilities_drop=list(caps.get("drop", [])),
             run_as_user=run_as_user, run_as_group=run_as_group,
             read_only_root_filesystem=bool(sc.get("readOnlyRootFilesystem", False)),
+            seccomp_unconfined=seccomp == "Unconfined",
             host_users=host_users,
             layer_dirs=layer_dirs,
+            host_network=host_network, host_pid=spec.get("hostPID") is True, host_ipc=spec.get("hostIPC") is True,
+            node_netns=str(self.config.node_netns) if host_network and self.config.node_netns else "",
+            volume_mounts=volume_mounts(spec, container),
         )
 
     def _ensure_image(self, container: Obj) -> Image | None:

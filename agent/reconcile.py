@@ -236,7 +236,8 @@ def pod_status(pod: Obj, record: PodRecord, states: list[ContainerState], now: f
     """The status this node reports for ``pod``, from its containers' states.
 
     ``host_ip`` is the node's address (``hostIP``/``hostIPs``); the pod's own address
-    (``podIP``/``podIPs``) is the record's, once the pod's network is attached.
+    (``podIP``/``podIPs``) is the record's, once the pod's network is attached, and the
+    node's for a hostNetwork pod.
     ``probes`` maps a container id to its ``agent.probes.ContainerProbes``. A running
     container without an entry has had no probe run yet: it is started and ready
     only if its spec declares no startup or readiness probe.
@@ -313,9 +314,11 @@ def pod_status(pod: Obj, record: PodRecord, states: list[ContainerState], now: f
     if host_ip:
         status["hostIP"] = host_ip
         status["hostIPs"] = [{"ip": host_ip}]
-    if record.pod_ip:
-        status["podIP"] = record.pod_ip
-        status["podIPs"] = [{"ip": record.pod_ip}]
+    # A hostNetwork pod is at the node's address, as the kubelet reports it.
+    pod_ip = host_ip if pod["spec"].get("hostNetwork") is True else record.pod_ip
+    if pod_ip:
+        status["podIP"] = pod_ip
+        status["podIPs"] = [{"ip": pod_ip}]
     if record.start_time:
         status["startTime"] = record.start_time
     return status

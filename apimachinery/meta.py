@@ -21,6 +21,9 @@ class Kind:
 POD = Kind("Pod", "v1", "pods", True, ("po", "pod"))
 DEPLOYMENT = Kind("Deployment", "apps/v1", "deployments", True, ("deploy", "deployment"))
 NODE = Kind("Node", "v1", "nodes", False, ("no", "node"))
+# Namespaces stay implicit (a pod may go into one that has no object); a Namespace object
+# exists to carry the namespace's labels, its pod security level above all.
+NAMESPACE = Kind("Namespace", "v1", "namespaces", False, ("ns", "namespace"))
 # Read-only through the API (validation does not accept it): the schedulers' leader
 # election record, as kube-system/kube-scheduler is in Kubernetes (scheduler/leader.py).
 LEASE = Kind("Lease", "coordination.k8s.io/v1", "leases", True, ("lease",))
@@ -37,8 +40,16 @@ CONTROLLER_REVISION = Kind("ControllerRevision", "apps/v1", "controllerrevisions
 #: Where each node's heartbeat Lease lives, as in Kubernetes.
 NODE_LEASE_NAMESPACE = "kube-node-lease"
 
-KINDS: dict[str, Kind] = {k.kind: k for k in (POD, DEPLOYMENT, NODE, LEASE, EVENT, PRIORITY_CLASS,
+KINDS: dict[str, Kind] = {k.kind: k for k in (POD, DEPLOYMENT, NODE, NAMESPACE, LEASE, EVENT, PRIORITY_CLASS,
                                               CONTROLLER_REVISION)}
+
+#: The Pod Security Standards' levels, loosest first; a Namespace chooses one with its
+#: ``pod-security.kubernetes.io/enforce`` label (scheduler/podsecurity.py). A namespace
+#: without the label, or without a Namespace object, is at ``baseline``.
+POD_SECURITY_LEVELS = ("privileged", "baseline", "restricted")
+POD_SECURITY_LABEL_PREFIX = "pod-security.kubernetes.io/"
+POD_SECURITY_ENFORCE_LABEL = POD_SECURITY_LABEL_PREFIX + "enforce"
+DEFAULT_POD_SECURITY_LEVEL = "baseline"
 
 
 def kind_for(word: str) -> Kind | None:

@@ -1,4 +1,4 @@
-"""Validation and defaulting of the objects users write: Pods and Deployments.
+"""Validation and defaulting of the objects users write: Pods, Deployments, Namespaces, PriorityClasses.
 
 ``validate(obj)`` checks one Kubernetes-shaped object as a whole and returns a new,
 normalized dict with Kubernetes' defaults filled in; the input is never modified.
@@ -49,6 +49,7 @@ from apimachinery.labels import (
     validate_label_key,
     validate_label_value,
 )
+from apimachinery.meta import POD_SECURITY_ENFORCE_LABEL, POD_SECURITY_LABEL_PREFIX, POD_SECURITY_LEVELS
 from apimachinery.quantity import QuantityError, parse_cpu, parse_memory
 
 __all__ = [
@@ -70,7 +71,7 @@ __all__ = [
 ]
 
 #: kind → the apiVersion it is served at.
-SUPPORTED_KINDS: Mapping[str, str] = MappingProxyType({"Deployment": "apps/v1", "Pod": "v1",
+SUPPORTED_KINDS: Mapping[str, str] = MappingProxyType({"Deployment": "apps/v1", "Namespace": "v1", "Pod": "v1",
                                                       "PriorityClass": "scheduling.k8s.io/v1"})
 
 #: The resources a container may request or be limited to, and how each is parsed.
@@ -221,15 +222,25 @@ def document_problem(value: Any, *, max_depth: int = MAX_DEPTH) -> tuple[str, st
 _KUBERNETES_ONLY = frozenset({
     "appArmorProfile", "automountServiceAccountToken", "claims", "dnsConfig", "dnsPolicy",
     "enableServiceLinks", "envFrom", "ephemeralContainers", "finalizers", "fsGroupChangePolicy",
-    "hostAliases", "hostIPC", "hostNetwork", "hostPID", "imagePullSecrets", "initContainers",
+    "hostAliases", "imagePullSecrets", "initContainers",
     "lifecycle", "managedFields", "matchLabelKeys", "mismatchLabelKeys", "nodeAffinityPolicy",
     "nodeTaintsPolicy", "os", "overhead",
     "procMount", "readinessGates", "resizePolicy", "resourceClaims", "runtimeClassName",
-    "schedulingGates", "seLinuxOptions", "seccompProfile", "selfLink", "serviceAccount",
+    "schedulingGates", "seLinuxOptions", "selfLink", "serviceAccount",
     "serviceAccountName", "setHostnameAsFQDN", "shareProcessNamespace", "stdinOnce", "subdomain",
     "supplementalGroups", "sysctls", "terminationMessagePath", "terminationMessagePolicy",
-    "valueFrom", "volumeDevices", "volumeMounts", "volumes",
+    "valueFrom", "volumeDevices",
     "windowsOptions",
+    # in volumeMounts: orch mounts whole volumes, without propagation
+    "mountPropagation", "recursiveReadOnly", "subPath", "subPathExpr",
+})
+
+# Kubernetes' volume sources other than the two orch has (hostPath, emptyDir).
+_KUBERNETES_ONLY_VOLUMES = frozenset({
+    "awsElasticBlockStore", "azureDisk", "azureFile", "cephfs", "cinder", "configMap", "csi", "downwardAPI",
+    "ephemeral", "fc", "flexVolume", "flocker", "gcePersistentDisk", "gitRepo", "glusterfs", "image", "iscsi",
+    "nfs", "persistentVolumeClaim", "photonPersistentDisk", "portworxVolume", "projected", "quobyte", "rbd",
+    "scaleIO", "secret", "storageos", "vsphereVolume",
 })
 
 # Linux capability names without the CAP_ prefix (capability.h, 0 to 40), and ALL.
@@ -282,10 +293,10 @@ def _type_error(errors: _Errors, path: str, expected: str, value: object) -> Any
 
 
 def _unknown_field_message(name: object, known: Mapping[str, Any] | tuple[str, ...]) -> str:
-    hint = did_you_mean(name, tuple(known))
-    if not hint and name in _KUBERNETES_ONLY:
+    if name in _KUBERNETES_ONLY:
+        # Exactly a Kubernetes field, not a typo of one of ours (subPath is no mountPath).
         return f"unknown field; orch does not support Kubernetes' {name}"
-    return "unknown field" + hint
+    return "unknown field" + did_you_mean(name, tuple(known))
 
 
 def _fields(errors: _Errors, value: Any, path: str, fields: Mapping[str, Check],
@@ -766,6 +777,29 @@ _CAPABILITIES_FIELDS: dict[str, Check] = {
     "drop": _list(_string(rule=_capability)),
 }
 
+#: ``seccompProfile.type`` values orch runs: RuntimeDefault is Docker's default profile,
+#: which every container that is not privileged gets anyway (agent/runtime/seccomp.py).
+#: Localhost (a profile file on the node) is Kubernetes' third type; orch has none.
+SECCOMP_PROFILE_TYPES = ("RuntimeDefault", "Unconfined")
+
+
+def _seccomp_profile(errors: _Errors, value: Any, path: str) -> Any:
+    out = _fields(errors, value, path, {"type": _string(), "localhostProfile": _string()}, required=("type",))
+    if out is None:
+        return _BAD
+    kind = out.get("type")
+    if kind == "Localhost" or "localhostProfile" in out:
+        errors.add(_field(path, "type" if kind == "Localhost" else "localhostProfile"),
+                   "orch does not support Localhost seccomp profiles; use \"RuntimeDefault\" (Docker's default "
+                   "profile) or \"Unconfined\"")
+        return _BAD
+    if kind is not None and kind not in SECCOMP_PROFILE_TYPES:
+        errors.add(_field(path, "type"), f'must be one of "RuntimeDefault", "Unconfined", got {describe_value(kind)}'
+                   + did_you_mean(kind, SECCOMP_PROFILE_TYPES))
+        return _BAD
+    return out
+
+
 _CONTAINER_SECURITY_FIELDS: dict[str, Check] = {
     "runAsUser": _integer(0, INT32_MAX),
     "runAsGroup": _integer(0, INT32_MAX),
@@ -774,6 +808,7 @@ _CONTAINER_SECURITY_FIELDS: dict[str, Check] = {
     "allowPrivilegeEscalation": _boolean,
     "privileged": _boolean,
     "capabilities": _struct(_CAPABILITIES_FIELDS),
+    "seccompProfile": _seccomp_profile,
 }
 
 
@@ -788,6 +823,29 @@ def _container_security_context(errors: _Errors, value: Any, path: str) -> Any:
 
 
 _ENV_FIELDS: dict[str, Check] = {"name": _string(nonempty=True, rule=_env_name), "value": _string()}
+
+
+def _no_backsteps(text: str) -> str | None:
+    # Kubernetes refuses '..' in volume paths: a path must say where it is, not climb out of it.
+    return "must not contain '..'" if ".." in text.split("/") else None
+
+
+def _host_path(text: str) -> str | None:
+    return _absolute_path(text) or _no_backsteps(text)
+
+
+def _mount_path(text: str) -> str | None:
+    problem = _absolute_path(text) or _no_backsteps(text)
+    if problem is None and not text.strip("/"):
+        problem = "must not be /: a volume cannot take the place of the container's root"
+    return problem
+
+
+_VOLUME_MOUNT_FIELDS: dict[str, Check] = {
+    "name": _string(nonempty=True),
+    "mountPath": _string(nonempty=True, rule=_mount_path),
+    "readOnly": _boolean,
+}
 
 _CONTAINER_FIELDS: dict[str, Check] = {
     "name": _string(rule=validate_dns1123_label),
@@ -805,6 +863,7 @@ _CONTAINER_FIELDS: dict[str, Check] = {
     "livenessProbe": _probe,
     "readinessProbe": _probe,
     "startupProbe": _probe,
+    "volumeMounts": _list(_struct(_VOLUME_MOUNT_FIELDS, required=("name", "mountPath"))),
 }
 
 
@@ -814,6 +873,15 @@ def _container(errors: _Errors, value: Any, path: str) -> Any:
         return _BAD
     if "image" in out:
         out.setdefault("imagePullPolicy", default_image_pull_policy(out["image"]))
+    mount_paths: set[str] = set()
+    for i, mount in enumerate(out.get("volumeMounts", [])):
+        where = mount.get("mountPath") if isinstance(mount, dict) else None
+        if where is None:
+            continue
+        normal = "/" + "/".join(p for p in where.split("/") if p not in ("", "."))
+        if normal in mount_paths:
+            errors.add(_field(_index(_field(path, "volumeMounts"), i), "mountPath"), f'duplicate mount path "{where}"')
+        mount_paths.add(normal)
     port_names: set[str] = set()
     for i, port in enumerate(out.get("ports", [])):
         name = port.get("name") if isinstance(port, dict) else None
@@ -992,7 +1060,123 @@ _POD_SECURITY_FIELDS: dict[str, Check] = {
     "runAsGroup": _integer(0, INT32_MAX),
     "runAsNonRoot": _boolean,
     "fsGroup": _integer(0, INT32_MAX),
+    "seccompProfile": _seccomp_profile,
 }
+
+# --- volumes ---------------------------------------------------------------------------
+
+#: hostPath ``type`` values, as Kubernetes has them; "" checks nothing (and a missing
+#: path is made as a directory, as containerd does).
+HOST_PATH_TYPES = ("", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice",
+                   "BlockDevice")
+
+
+def _host_path_source(errors: _Errors, value: Any, path: str) -> Any:
+    out = _fields(errors, value, path, {"path": _string(nonempty=True, rule=_host_path),
+                                        "type": _enum(*HOST_PATH_TYPES)}, required=("path",))
+    if out is None:
+        return _BAD
+    out.setdefault("type", "")
+    return out
+
+
+def _positive_memory(errors: _Errors, value: Any, path: str) -> Any:
+    try:
+        amount = parse_memory(value)
+    except QuantityError as e:
+        errors.add(path, e.message)
+        return _BAD
+    if amount <= 0:
+        errors.add(path, f"must be greater than 0, got {_shown_quantity(value)}")
+        return _BAD
+    return value
+
+
+def _empty_dir_source(errors: _Errors, value: Any, path: str) -> Any:
+    out = _fields(errors, value, path, {"medium": _enum("", "Memory"), "sizeLimit": _positive_memory})
+    if out is None:
+        return _BAD
+    if "sizeLimit" in out and out.get("medium") != "Memory":
+        # Kubernetes evicts a pod whose disk emptyDir outgrows it; orch has no eviction.
+        errors.add(_field(path, "sizeLimit"), 'orch can hold a size limit only on a memory-backed emptyDir '
+                                              '(medium: "Memory", a tmpfs of that size)')
+    return out
+
+
+_VOLUME_SOURCES = ("hostPath", "emptyDir")
+_VOLUME_FIELDS: dict[str, Check] = {
+    "name": _string(nonempty=True, rule=validate_dns1123_label),
+    "hostPath": _host_path_source,
+    "emptyDir": _empty_dir_source,
+}
+
+
+def _volume(errors: _Errors, value: Any, path: str) -> Any:
+    foreign = sorted(k for k in value if k in _KUBERNETES_ONLY_VOLUMES) if isinstance(value, dict) else []
+    for name in foreign:
+        errors.add(_field(path, name), f"orch does not support Kubernetes' {name} volumes, only hostPath and emptyDir")
+    if foreign:
+        value = {k: v for k, v in value.items() if k not in _KUBERNETES_ONLY_VOLUMES}
+    out = _fields(errors, value, path, _VOLUME_FIELDS, required=("name",))
+    if out is None:
+        return _BAD
+    given = [k for k in _VOLUME_SOURCES if value.get(k) is not None]
+    if len(given) > 1:
+        errors.add(path, f"may not specify more than one volume source, found {' and '.join(given)}")
+    elif not given and not foreign:
+        out["emptyDir"] = {}  # Kubernetes' default for a volume that names no source
+    return out
+
+
+def _check_volumes(errors: _Errors, spec: dict[str, Any], raw: dict[str, Any], path: str) -> None:
+    """Volume names are unique, and every volumeMount names one of them. Names are read from
+    the document as written (``raw``), so a volume with an error of its own is still found."""
+    raw_volumes = raw.get("volumes")
+    if raw_volumes is not None and not isinstance(raw_volumes, list):
+        return  # its error is recorded; every mount would only echo it
+    declared: set[str] = set()
+    for i, volume in enumerate(raw_volumes or []):
+        name = volume.get("name") if isinstance(volume, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in declared:
+            errors.add(_field(_index(_field(path, "volumes"), i), "name"), f'duplicate volume name "{name}"')
+        declared.add(name)
+    for i, container in enumerate(spec.get("containers", [])):
+        if not isinstance(container, dict):
+            continue
+        for j, mount in enumerate(container.get("volumeMounts", [])):
+            name = mount.get("name") if isinstance(mount, dict) else None
+            if name is not None and name not in declared:
+                errors.add(_field(_index(_field(_index(_field(path, "containers"), i), "volumeMounts"), j), "name"),
+                           f'no volume named "{name}" in {_field(path, "volumes")}')
+
+
+_HOST_NAMESPACES = ("hostNetwork", "hostPID", "hostIPC")
+
+
+def _check_host_namespaces(errors: _Errors, spec: dict[str, Any], path: str) -> None:
+    """Kubernetes' rules for the host's namespaces: none in a pod with a user namespace of its
+    own, and a hostNetwork pod's ports are the node's: hostPort defaults to containerPort
+    and may not differ from it."""
+    if spec.get("hostUsers") is False:
+        for name in _HOST_NAMESPACES:
+            if spec.get(name) is True:
+                errors.add(_field(path, name), "may not be true when hostUsers is false: a pod in a user namespace "
+                                               "of its own cannot share the node's namespaces")
+    if spec.get("hostNetwork") is not True:
+        return
+    for i, container in enumerate(spec.get("containers", [])):
+        if not isinstance(container, dict):
+            continue
+        for j, port in enumerate(container.get("ports", [])):
+            if not isinstance(port, dict) or "containerPort" not in port:
+                continue
+            if "hostPort" not in port:
+                port["hostPort"] = port["containerPort"]
+            elif port["hostPort"] != port["containerPort"]:
+                errors.add(_field(_index(_field(_index(_field(path, "containers"), i), "ports"), j), "hostPort"),
+                           f"must match containerPort ({port['containerPort']}) when hostNetwork is true")
 
 _POD_SPEC_FIELDS: dict[str, Check] = {
     "containers": _list(_container, min_items=1, too_few="must have at least one container"),
@@ -1010,7 +1194,11 @@ _POD_SPEC_FIELDS: dict[str, Check] = {
     "affinity": _AFFINITY,
     "topologySpreadConstraints": _topology_spread_constraints,
     "hostUsers": _boolean,
+    "hostNetwork": _boolean,
+    "hostPID": _boolean,
+    "hostIPC": _boolean,
     "securityContext": _struct(_POD_SECURITY_FIELDS),
+    "volumes": _list(_volume),
 }
 
 _POD_SPEC_DEFAULTS = {
@@ -1024,6 +1212,8 @@ def _pod_spec(errors: _Errors, value: Any, path: str, *, in_template: bool = Fal
     out = _fields(errors, value, path, _POD_SPEC_FIELDS, required=("containers",))
     if out is None:
         return _BAD
+    _check_host_namespaces(errors, out, path)
+    _check_volumes(errors, out, value, path)
     containers = out.get("containers")
     if isinstance(containers, list):
         _check_containers_together(errors, containers, _field(path, "containers"))
@@ -1243,6 +1433,75 @@ def _validate_priority_class(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# --- namespace -------------------------------------------------------------------------
+
+#: The pod-security.kubernetes.io/ labels Kubernetes knows besides ``enforce``, and why orch
+#: refuses them rather than keep them without effect.
+_POD_SECURITY_UNSUPPORTED = {
+    "warn": "orch does not support pod security warnings, only enforce",
+    "audit": "orch does not support pod security audit annotations, only enforce",
+    "warn-version": "orch does not support pod security warnings, only enforce",
+    "audit-version": "orch does not support pod security audit annotations, only enforce",
+}
+
+
+def _pod_security_labels(errors: _Errors, labels: Mapping[str, str], path: str) -> None:
+    """The namespace's pod security labels: ``enforce`` names a level; ``enforce-version`` may
+    only be ``latest`` (the checks orch has are the latest standard's)."""
+    for key, value in labels.items():
+        if not key.startswith(POD_SECURITY_LABEL_PREFIX):
+            continue
+        mode = key.removeprefix(POD_SECURITY_LABEL_PREFIX)
+        at = _index(path, key)
+        if mode == "enforce":
+            if value not in POD_SECURITY_LEVELS:
+                errors.add(at, "must be one of " + ", ".join(f'"{v}"' for v in POD_SECURITY_LEVELS)
+                           + f", got {describe_value(value)}" + did_you_mean(value, POD_SECURITY_LEVELS))
+        elif mode == "enforce-version":
+            if value != "latest":
+                errors.add(at, f'must be "latest", got {describe_value(value)}: orch enforces the latest version '
+                               "of the Pod Security Standards only")
+        elif mode in _POD_SECURITY_UNSUPPORTED:
+            errors.add(at, _POD_SECURITY_UNSUPPORTED[mode])
+        else:
+            known = ("enforce", "enforce-version", *_POD_SECURITY_UNSUPPORTED)
+            errors.add(at, f"unknown pod security label; orch knows {POD_SECURITY_ENFORCE_LABEL} and "
+                           f"{POD_SECURITY_ENFORCE_LABEL}-version" + did_you_mean(mode, known))
+
+
+def _anything(errors: _Errors, value: Any, path: str) -> Any:
+    return value
+
+
+_NAMESPACE_FIELDS: dict[str, Check] = {
+    "apiVersion": _enum(SUPPORTED_KINDS["Namespace"]),
+    "kind": _enum("Namespace"),
+    "metadata": _metadata,
+    # Kubernetes' spec has finalizers only, which orch does not support: deleting a
+    # Namespace object deletes that object, not what is in the namespace.
+    "spec": _struct({}),
+    "status": _anything,  # accepted and dropped, as for every kind
+}
+
+
+def _validate_namespace(obj: dict[str, Any]) -> dict[str, Any]:
+    """A Namespace (v1): cluster-scoped, a DNS-1123 label for a name, pod security labels checked."""
+    errors = _Errors()
+    out = _fields(errors, obj, "", _NAMESPACE_FIELDS, required=("apiVersion", "metadata"))
+    md = out.get("metadata") if out is not None else None
+    if isinstance(md, dict):
+        problem = validate_dns1123_label(md["name"]) if isinstance(md.get("name"), str) else None
+        if problem:
+            errors.add("metadata.name", problem)
+        _pod_security_labels(errors, md.get("labels") or {}, "metadata.labels")
+    if errors.items or out is None:
+        raise ValidationError(errors.items)
+    out.pop("status", None)
+    out["metadata"].pop("namespace", None)  # cluster-scoped
+    out.setdefault("spec", {})
+    return out
+
+
 # --- the entry points -------------------------------------------------------------------
 
 
@@ -1257,6 +1516,8 @@ def validate(obj: Any) -> dict[str, Any]:
             "", f"an object must be a mapping with apiVersion, kind and metadata, got {describe_value(obj)}"))
     if obj.get("kind") == "PriorityClass":
         return _validate_priority_class(obj)
+    if obj.get("kind") == "Namespace":
+        return _validate_namespace(obj)
     errors = _Errors()
     for name in obj:
         if name not in _TOP_LEVEL:

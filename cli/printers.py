@@ -459,6 +459,11 @@ def _priority_class_row(pc: Obj, opts: TableOptions) -> Row:
             age(_md(pc).get("creationTimestamp"), opts.now), str(pc.get("preemptionPolicy") or "PreemptLowerPriority")]
 
 
+def _namespace_row(ns: Obj, opts: TableOptions) -> Row:
+    return [str(_md(ns).get("name", "")), str(_dict(ns.get("status")).get("phase") or "Active"),
+            age(_md(ns).get("creationTimestamp"), opts.now)]
+
+
 def _node_row(node: Obj, opts: TableOptions) -> Row:
     status = _dict(node.get("status"))
     info = _dict(status.get("nodeInfo"))
@@ -479,11 +484,12 @@ _COLUMNS: dict[str, tuple[list[str], list[str]]] = {
     # kubectl's wide columns sit before MESSAGE, which stays last.
     "Event": (["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"], []),
     "PriorityClass": (["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"], []),
+    "Namespace": (["NAME", "STATUS", "AGE"], []),
 }
 _EVENT_WIDE = ["LAST SEEN", "TYPE", "REASON", "OBJECT", "SUBOBJECT", "SOURCE", "FIRST SEEN", "COUNT", "NAME", "MESSAGE"]
 _ROWS: dict[str, Callable[[Obj, TableOptions], Row]] = {
     "Pod": _pod_row, "Deployment": _deployment_row, "Node": _node_row, "Lease": _lease_row,
-    "Event": _event_row, "PriorityClass": _priority_class_row,
+    "Event": _event_row, "PriorityClass": _priority_class_row, "Namespace": _namespace_row,
 }
 
 

@@ -528,7 +528,11 @@ class DeploymentController:
                 log.info("deployment %s: created pod %s (revision %s)", ref(dep), created["metadata"]["name"],
                          number)
             except OrchError as e:
+                # As kube's ReplicaSet controller: said on the Deployment (repeats only count up),
+                # the others would fail alike, and the next pass tries again.
                 log.warning("deployment %s: creating a pod failed: %s", ref(dep), e)
+                await self._event(dep, WARNING, "FailedCreate", f"Error creating: {e}")
+                break
         for pod in plan.delete:
             await self._delete_pod(pod, f"deployment {ref(dep)} has too many or outdated pods")
         annotations = dep["metadata"].get("annotations", {})

@@ -12,6 +12,13 @@ created by a controller obeys the same rules as one applied by a user.
 * Nothing is sent to etcd that etcd would refuse as too large (``--max-request-bytes``,
   1.5 MiB for a whole transaction): that is a ValidationError naming the objects, not an
   etcd error that would reach the client as UNAVAILABLE (and make it try another scheduler).
+* Pod security admission (``podsecurity.py``): a Pod, or a Deployment's pod template,
+  that its namespace's level does not allow is refused, every violation named. Only
+  what would change is checked — a created Pod, a created Deployment or a changed
+  template — so tightening a Namespace leaves what runs alone, as in Kubernetes; the
+  Deployment controller's pods go through ``create`` and are checked there. Unlike
+  Kubernetes, which only warns about a template, orch refuses it at apply: a template
+  whose pods could never be created is better known at once than as FailedCreate.
 * ``delete`` of a Pod bound to a node is graceful: the Pod is marked with
   ``deletionTimestamp``; its node stops it and reports, and only then is the key
   removed (``finalize_pod``).
@@ -29,8 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from apimachinery.errors import ConflictError, FieldError, NotFoundError, OrchError, ValidationError
-from apimachinery.meta import KINDS, NODE, POD, PRIORITY_CLASS, Kind, Obj, now_rfc3339, ref
+from apimachinery.meta import KINDS, NAMESPACE, NODE, POD, PRIORITY_CLASS, Kind, Obj, now_rfc3339, ref
 from apimachinery.validation import MAX_GRACE_PERIOD_SECONDS, MAX_OBJECT_BYTES, validate, validate_node_spec
+from scheduler import podsecurity
 from scheduler.podcidr import release_pod_cidrs
 from scheduler.store import Store, Write
 
@@ -146,6 +154,8 @@ def _new_object(obj: Obj) -> Obj:
         md.pop(server_owned, None)
     if obj["kind"] == "Pod":
         obj["status"] = {"phase": "Pending"}
+    elif obj["kind"] == "Namespace":
+        obj["status"] = {"phase": "Active"}  # never Terminating: deleting one removes only the object
     elif obj["kind"] != "PriorityClass":  # a PriorityClass has no status
         obj["status"] = {}
     return obj
@@ -298,6 +308,29 @@ class Registry:
         if errors:
             raise ValidationError(errors)
 
+    async def _pod_security_errors(self, objs: list[Obj], batch: list[Obj]) -> list[list[FieldError]]:
+        """Pod security admission: for each of ``objs`` (Pods, Deployments) the FieldErrors of
+        what its namespace's level forbids. The level is read from etcd now, not from a cache;
+        a Namespace in ``batch`` (the same apply) counts as it will be."""
+        applied = {o["metadata"]["name"]: o for o in batch if o["kind"] == "Namespace"}
+        levels: dict[str, str] = {}
+        out = []
+        for obj in objs:
+            namespace = obj["metadata"]["namespace"]
+            if namespace not in levels:
+                ns = applied.get(namespace) or await self.store.get_or_none(NAMESPACE, None, namespace)
+                levels[namespace] = podsecurity.level_of(ns)
+            out.append(podsecurity.errors(obj, levels[namespace], namespace))
+        return out
+
+    async def _admit_pod_security(self, checked: list[tuple[int, Obj]], batch: list[Obj]) -> None:
+        """Refuse the apply if any of ``checked`` (document index, object) breaks its namespace's level."""
+        found = await self._pod_security_errors([o for _, o in checked], batch)
+        errors = [FieldError(f"{_describe(i, obj)}: {fe.path}", fe.message)
+                  for (i, obj), problems in zip(checked, found, strict=True) for fe in problems]
+        if errors:
+            raise ValidationError(errors)
+
     # --- apply -------------------------------------------------------------
 
     async def apply(self, raws: list[Any], *, dry_run: bool = False) -> list[ApplyResult]:
@@ -306,7 +339,9 @@ class Registry:
         await self._admit_priority(objs)
         results: list[ApplyResult] = []
         writes: list[Write] = []
-        for obj in objs:
+        # What pod security admission looks at: new Pods and Deployments, changed templates.
+        checked: list[tuple[int, Obj]] = []
+        for i, obj in enumerate(objs):
             kind = KINDS[obj["kind"]]
             md = obj["metadata"]
             current = await self.store.get_or_none(kind, md.get("namespace"), md["name"])
@@ -319,6 +354,8 @@ class Registry:
                 new = _new_object(obj)
                 results.append(ApplyResult("created", new))
                 writes.append(Write(new, 0))
+                if kind.kind in ("Pod", "Deployment"):
+                    checked.append((i, new))
                 continue
             current_rv = int(current["metadata"]["resourceVersion"])
             if precondition and int(precondition) != current_rv:
@@ -334,6 +371,9 @@ class Registry:
                 continue
             results.append(ApplyResult("configured", merged))
             writes.append(Write(merged, current_rv))
+            if kind.kind == "Deployment" and merged["spec"].get("template") != current["spec"].get("template"):
+                checked.append((i, merged))
+        await self._admit_pod_security(checked, objs)
         if not writes:
             return results
         # Dry runs too: a dry run says whether the real apply would go through.
@@ -345,10 +385,17 @@ class Registry:
         return [ApplyResult(r.action, by_key.get(self.store.key_of(r.obj), r.obj)) for r in results]
 
     async def create(self, obj: Obj) -> Obj:
-        """Create one object (validated like an applied one); for controllers."""
+        """Create one object (validated and admitted like an applied one); for controllers.
+
+        A pod its namespace's pod security level forbids (the namespace was tightened after
+        its Deployment was applied) is a ValidationError naming the fields, for the
+        controller to report."""
         (valid,) = _validate_all([obj])
         self._admit([valid])
         await self._admit_priority([valid])
+        (problems,) = await self._pod_security_errors([valid], [])
+        if problems:
+            raise ValidationError(problems)
         return await self.store.create(_new_object(valid))
 
     # --- delete ------------------------------------------------------------

@@ -178,8 +178,22 @@ def test_pods_talk_tcp_across_nodes_both_ways_by_pod_ip(netlab: LabCluster, netn
     assert code != 0
 
 
-def test_host_port_answers_on_the_nodes_lab_address(netlab: LabCluster, netns_name: str) -> None:
-    ns = netns_name
+@pytest.fixture
+def privileged_ns(netlab: LabCluster, netns_name: str) -> Iterator[str]:
+    """``netns_name`` with a Namespace at pod security level privileged: the baseline level
+    (the default) forbids hostPort. The Namespace object goes afterwards."""
+    with netlab.client() as c:
+        c.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": netns_name, "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}])
+    try:
+        yield netns_name
+    finally:
+        with netlab.client() as c:
+            c.delete("Namespace", netns_name)
+
+
+def test_host_port_answers_on_the_nodes_lab_address(netlab: LabCluster, privileged_ns: str) -> None:
+    ns = privileged_ns
     host_port = 18000 + secrets.randbelow(1000)
     with netlab.client() as c:
         c.apply([pod("published", ns, "lab-node-1", SERVER,

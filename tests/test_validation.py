@@ -283,7 +283,7 @@ def test_unknown_fields_at_every_depth() -> None:
     dep["spec"]["selector"]["matchExpression"] = []
     container = dep["spec"]["template"]["spec"]["containers"][0]
     container["imagee"] = "nginx"
-    container["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    container["envFrom"] = [{"configMapRef": {"name": "data"}}]
     container["resources"] = {"limits": {"memroy": "1Gi"}, "request": {}}
     container["livenessProbe"] = {"exec": {"command": ["true"], "cmd": []}}
     dep["spec"]["template"]["spec"]["tolerations"] = [{"key": "k", "operator": "Exists", "efect": "NoSchedule"}]
@@ -292,7 +292,7 @@ def test_unknown_fields_at_every_depth() -> None:
         'metadata.lables: unknown field; did you mean "labels"?',
         'spec.selector.matchExpression: unknown field; did you mean "matchExpressions"?',
         'spec.template.spec.containers[0].imagee: unknown field; did you mean "image"?',
-        "spec.template.spec.containers[0].volumeMounts: unknown field; orch does not support Kubernetes' volumeMounts",
+        "spec.template.spec.containers[0].envFrom: unknown field; orch does not support Kubernetes' envFrom",
         'spec.template.spec.containers[0].resources.limits.memroy: '
         'unknown resource; supported: cpu, memory, ephemeral-storage; did you mean "memory"?',
         'spec.template.spec.containers[0].resources.request: unknown field; did you mean "requests"?',
@@ -317,15 +317,15 @@ def test_type_errors_name_the_expected_type() -> None:
 def test_top_level_shape() -> None:
     assert errors_of([]) == ["an object must be a mapping with apiVersion, kind and metadata, got list"]
     assert errors_of({}) == [
-        "kind: is required; supported kinds: Deployment, Pod, PriorityClass",
+        "kind: is required; supported kinds: Deployment, Namespace, Pod, PriorityClass",
         "apiVersion: is required",
         "metadata: is required",
     ]
     assert errors_of({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {}}) == [
-        'kind: "Service" is not supported; supported kinds: Deployment, Pod, PriorityClass'
+        'kind: "Service" is not supported; supported kinds: Deployment, Namespace, Pod, PriorityClass'
     ]
     assert errors_of({"apiVersion": "v1", "kind": "pod", "metadata": {"name": "s"}}) == [
-        'kind: "pod" is not supported; supported kinds: Deployment, Pod, PriorityClass; did you mean "Pod"?'
+        'kind: "pod" is not supported; supported kinds: Deployment, Namespace, Pod, PriorityClass; did you mean "Pod"?'
     ]
     dep = minimal_deployment()
     dep["apiVersion"] = "extensions/v1beta1"
@@ -333,7 +333,7 @@ def test_top_level_shape() -> None:
     pod = minimal_pod()
     del pod["spec"]
     assert errors_of(pod) == ["spec: is required"]
-    assert set(SUPPORTED_KINDS) == {"Pod", "Deployment", "PriorityClass"}
+    assert set(SUPPORTED_KINDS) == {"Pod", "Deployment", "Namespace", "PriorityClass"}
 
 
 def test_required_fields() -> None:

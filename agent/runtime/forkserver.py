@@ -15,7 +15,7 @@ connection: the client sends a JSON line ``{"dir": "<container state dir>"}``, w
 the write end of a pipe attached (SCM_RIGHTS) that the shim holds until the
 container has started or failed to; the server forks the shim and answers
 ``{"pid": <the shim's pid>}``. ``{"sandbox": {"dir",
-"hostname", "idmap"}}`` makes a pod's namespaces (sandbox.create_namespaces): they
+"hostname", "idmap", "host"}}`` makes a pod's namespaces (sandbox.create_namespaces): they
 need a fork too, and the agent, with gRPC's threads running, must not fork. ``{"hello": true}``
 answers with the server's pid and the fingerprint of the code it loaded, so a
 Runtime replaces a fork server left running by an older version.
@@ -109,10 +109,12 @@ def _spawn_shim(container_dir: Path, notify_fd: int | None) -> int:
 def _make_sandbox(request: dict[str, object]) -> dict[str, object]:
     """Make a pod's namespaces here, where forking is safe (one thread, no gRPC)."""
     idmap = request.get("idmap")
+    host = request.get("host")
     try:
         _sandbox.create_namespaces(
             Path(str(request["dir"])), str(request["hostname"]),
-            _sandbox.IdMap(int(idmap["host_id"]), int(idmap["size"])) if isinstance(idmap, dict) else None)
+            _sandbox.IdMap(int(idmap["host_id"]), int(idmap["size"])) if isinstance(idmap, dict) else None,
+            {str(k): str(v) for k, v in host.items()} if isinstance(host, dict) else None)
     except OSError as e:
         return {"error": str(e), "errno": e.errno or 0}
     return {"ok": True}

@@ -11,7 +11,8 @@ unshared its mount namespace and before it execs. Step by step:
 5. mount a fresh ``proc`` (it shows the PID namespace of the mounting process),
    a ``sysfs`` when the container has a network namespace of its own (sysfs
    shows the network devices of the mounting process's namespace), a minimal
-   ``/dev`` and a tmpfs ``/tmp``;
+   ``/dev`` and a tmpfs ``/tmp``; then bind the pod's volumes (hostPath,
+   emptyDir) at their mount paths, read-only where asked;
 6. unless privileged, as runc does: mask ``MASKED_PATHS`` (``/dev/null`` bound
    over files, an empty read-only tmpfs over directories) and make
    ``READONLY_PATHS`` read-only binds of themselves; /sys is read-only;
@@ -33,6 +34,16 @@ namespace; the host's read-only binds stay owned by host root and show up as
 pod's user namespace (``idmapped_layers``), so its files keep their owners
 inside, root's included.
 
+Volumes: each is a recursive bind of its source (a host path, or the pod's emptyDir
+directory) onto its mount path, made before ``pivot_root``, so the mount path is
+resolved *inside* the new root (``resolve_in_root``): an image's symlink cannot point
+a mount at the host's ``/etc``. The mount point is created if missing (a directory,
+or an empty file for a file source). ``readOnly`` is the second mount(2) a read-only
+bind always takes; as in Kubernetes without ``recursiveReadOnly``, mounts below the
+source stay as they are. Mounts are private: nothing propagates either way.
+``prepare_host_path`` is the kubelet's check of a hostPath ``type``, run by the
+Runtime in the node's mount namespace before the container starts.
+
 The files of the generated ``/etc`` come from pure functions (``etc_files``) so
 they are unit-testable without a kernel. Everything else is one small function
 per kernel step. Gotcha for callers: after ``pivot_root`` the host's Python
@@ -53,6 +64,7 @@ from agent.runtime import syscalls as sc
 from agent.runtime.overlay import mount_overlay
 
 __all__ = [
+    "BindMount",
     "DEV_NODES",
     "HOST_DIRS",
     "MASKED_PATHS",
@@ -62,7 +74,9 @@ __all__ = [
     "enter_image_rootfs",
     "enter_rootfs",
     "etc_files",
+    "prepare_host_path",
     "resolv_conf",
+    "resolve_in_root",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,6 +117,15 @@ _ST_TO_MS = (
 
 
 @dataclass(frozen=True, slots=True)
+class BindMount:
+    """A volume in a container: ``source`` on the node bound at ``destination`` in the container."""
+
+    source: str
+    destination: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RootfsSpec:
     """What the container's root filesystem looks like."""
 
@@ -122,6 +145,7 @@ class RootfsSpec:
     # The pod's user namespace (an open fd) when ``owner`` is not host root: an image's
     # layers are then seen through idmapped mounts of it.
     userns_fd: int | None = None
+    mounts: tuple[BindMount, ...] = ()  # the container's volumes, bound in this order
 
     def owner_options(self) -> str:
         """tmpfs options giving a new mount the container root's owner ("" when that is host root)."""
@@ -330,6 +354,111 @@ def mount_tmp(root: Path, spec: RootfsSpec) -> None:
     mount_tmpfs(tmp, mode="1777", size=spec.tmpfs_size, flags=sc.MS_NOSUID | sc.MS_NODEV, extra=spec.owner_options())
 
 
+#: Symlinks followed while resolving one path, as the kernel's MAXSYMLINKS.
+MAX_SYMLINKS = 40
+
+
+def resolve_in_root(root: Path, path: str) -> Path:
+    """``root/path`` with every symlink on the way resolved as if ``root`` were ``/`` (and
+    ``..`` stopping at it), like runc's securejoin: an absolute link in the image means the
+    container's path, never the node's. The last component may be a missing name."""
+    pending = [p for p in path.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    links = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = root.joinpath(*resolved, part)
+        if not os.path.islink(candidate):
+            resolved.append(part)
+            continue
+        links += 1
+        if links > MAX_SYMLINKS:
+            raise OSError(errno.ELOOP, f"too many levels of symbolic links in {path}")
+        target = os.readlink(candidate)
+        if target.startswith("/"):
+            resolved = []
+        pending = [p for p in target.split("/") if p not in ("", ".")] + pending
+    return root.joinpath(*resolved)
+
+
+def make_mount_point(target: Path, *, directory: bool, owner: tuple[int, int]) -> None:
+    """Create ``target`` (and missing parents, owned by the container's root) to mount on:
+    a directory, or an empty file for a file source. An existing one is kept."""
+    missing = []
+    parent = target.parent
+    while not os.path.lexists(parent):
+        missing.append(parent)
+        parent = parent.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o755)
+        os.chown(d, *owner)
+    if os.path.lexists(target):
+        return
+    if directory:
+        target.mkdir(mode=0o755)
+    else:
+        target.touch(mode=0o644)
+    os.chown(target, *owner)
+
+
+def bind_volume(source: str, target: Path, *, read_only: bool) -> None:
+    """Bind ``source`` (recursively) on ``target``; read-only by a remount (the same gotcha
+    as ``bind_readonly``: MS_RDONLY needs the second call, with the mount's locked flags)."""
+    sc.mount(source, target, None, sc.MS_BIND | sc.MS_REC)
+    if read_only:
+        sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _mount_flags(str(target)))
+
+
+def mount_volumes(root: Path, spec: RootfsSpec) -> None:
+    """Bind every volume of the container at its mount path inside ``root``."""
+    for m in spec.mounts:
+        try:
+            target = resolve_in_root(root, m.destination)
+            make_mount_point(target, directory=os.path.isdir(m.source), owner=spec.owner)
+            bind_volume(m.source, target, read_only=m.read_only)
+        except OSError as e:
+            raise OSError(e.errno, f"mount {m.source} at {m.destination}: {e.strerror or e}") from None
+
+
+#: hostPath type -> (test on an existing path, what it must be)
+_HOST_PATH_KINDS = {
+    "Directory": (stat.S_ISDIR, "a directory"),
+    "DirectoryOrCreate": (stat.S_ISDIR, "a directory"),
+    "File": (stat.S_ISREG, "a file"),
+    "FileOrCreate": (stat.S_ISREG, "a file"),
+    "Socket": (stat.S_ISSOCK, "a socket"),
+    "CharDevice": (stat.S_ISCHR, "a character device"),
+    "BlockDevice": (stat.S_ISBLK, "a block device"),
+}
+
+
+def prepare_host_path(path: str, kind: str) -> None:
+    """The kubelet's hostPath check, in the node's mount namespace: ``path`` must be what
+    ``kind`` says, or is made when it says ...OrCreate (a directory 0755, an empty file
+    0644, with missing parents). ``""`` checks nothing, but a missing path is made a
+    directory, as containerd (and Docker's ``-v``) do. OSError naming the path otherwise."""
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    if st is None:
+        if kind in ("", "DirectoryOrCreate"):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            return
+        if kind == "FileOrCreate":
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+            return
+        raise OSError(errno.ENOENT, f"hostPath type check failed: {path} does not exist")
+    test = _HOST_PATH_KINDS.get(kind)
+    if test is not None and not test[0](st.st_mode):
+        raise OSError(errno.EINVAL, f"hostPath type check failed: {path} is not {test[1]}")
+
+
 def pivot_into(root: Path) -> None:
     """Make ``root`` the process's / and drop every trace of the old root."""
     old = root / OLD_ROOT
@@ -387,12 +516,13 @@ def enter_host_rootfs(spec: RootfsSpec) -> None:
 
 def finish_and_enter(root: Path, spec: RootfsSpec) -> None:
     """What every container's root gets last, whatever its image: a fresh /proc, /sys in a
-    pod network namespace, a minimal /dev, masked and read-only kernel paths; then
+    pod network namespace, a minimal /dev, its volumes, masked and read-only kernel paths; then
     pivot_root into it, the working directory, and the read-only remount if asked."""
     mount_proc(root)
     if spec.mount_sysfs:
         mount_sys(root, spec)
     mount_dev(root, spec)
+    mount_volumes(root, spec)
     restrict_kernel_paths(root, spec)
     pivot_into(root)
     # The working directory is made (if missing) before / turns read-only, as runc does.

@@ -32,7 +32,13 @@ Pod sandboxes (``sandbox.py``): before a pod's first container, ``start``
 makes the pod's shared network (loopback only), UTS (the pod's hostname) and
 IPC namespaces — and with ``hostUsers: false`` its user namespace — held by
 bind mounts under ``<state_dir>/sandboxes/<pod uid>/``; every container of
-the pod joins them. ``remove_pod`` and ``cleanup_all`` unmount them.
+the pod joins them. ``remove_pod`` and ``cleanup_all`` unmount them. A
+hostNetwork or hostIPC pod's sandbox holds the node's namespaces instead
+(``host_namespaces``); hostPID is the shim's (no PID namespace of its own).
+
+Volumes: ``start`` checks each hostPath as the kubelet does (``rootfs.prepare_host_path``)
+and makes each emptyDir in the pod's sandbox, then hands the shim plain binds
+(``runtime.json``); the container's child binds them in its root (``rootfs.py``).
 
 Cgroups: ``<cgroup_root>/pod<uid>/<container id>``. The leaf is the container
 id, not its name: a restarted container (same name, new id) must never share a
@@ -66,7 +72,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +81,7 @@ from agent.runtime import forkserver as _forkserver
 from agent.runtime import monitor as _monitor
 from agent.runtime import shim as _shim
 from agent.runtime.cgroups import CgroupDriver, detect_driver
+from agent.runtime.rootfs import prepare_host_path
 from agent.runtime.sandbox import IdMap, Sandbox, Sandboxes
 from agent.runtime.shim import ContainerConfig, proc_start_time, rfc3339
 from apimachinery.errors import NotFoundError, RuntimeError_
@@ -275,10 +282,12 @@ class Runtime:
         final = self.containers_dir / config.id
         if final.exists():
             raise RuntimeError_(f"container {config.id} already exists")
-        sandbox = self._ensure_sandbox(config.pod_uid, config.uts_hostname, config.host_users,
-                                       f"{config.pod_namespace}/{config.pod_name}")
+        pod = f"{config.pod_namespace}/{config.pod_name}"
+        sandbox = self._ensure_sandbox(config.pod_uid, config.uts_hostname, config.host_users, pod,
+                                       host_namespaces(config.host_network, config.host_ipc, config.node_netns))
+        mounts = self._volume_sources(config, sandbox)
         try:
-            self._prepare(config, final, sandbox)
+            self._prepare(config, final, sandbox, mounts)
         except OSError as e:
             raise RuntimeError_(f"container {config.id}: cannot prepare state dir: {e}") from e
         log.info("pod %s/%s: starting container %s (%s)", config.pod_namespace, config.pod_name, config.name, config.id)
@@ -323,11 +332,13 @@ class Runtime:
             log.warning("fork server unavailable (%s); starting the shim of %s as a new process", e, final.name)
         return self._launch_shim(final, timeout, notify_fd)
 
-    def _create_namespaces(self, directory: Path, hostname: str, idmap: IdMap | None) -> None:
+    def _create_namespaces(self, directory: Path, hostname: str, idmap: IdMap | None,
+                           host: Mapping[str, str]) -> None:
         """A pod sandbox's namespaces, made by the fork server (forking here, in a process with
         gRPC's threads, can leave the child dead on a lock)."""
         payload = {"dir": str(directory), "hostname": hostname,
-                   "idmap": None if idmap is None else {"host_id": idmap.host_id, "size": idmap.size}}
+                   "idmap": None if idmap is None else {"host_id": idmap.host_id, "size": idmap.size},
+                   "host": dict(host)}
         try:
             reply = _forkserver.request(self._ensure_forkserver(), {"sandbox": payload}, 30)
         except (OSError, RuntimeError_) as e:
@@ -447,7 +458,28 @@ class Runtime:
             launcher.wait()
             raise RuntimeError_(f"container {final.name}: shim launcher hung for {timeout}s") from e
 
-    def _prepare(self, config: ContainerConfig, final: Path, sandbox: Sandbox) -> None:
+    def _volume_sources(self, config: ContainerConfig, sandbox: Sandbox) -> builtins.list[dict[str, Any]]:
+        """The container's volumes as binds for runtime.json: each hostPath checked (and made,
+        for its ...OrCreate types) as the kubelet does, each emptyDir made in the sandbox. A
+        failure is the container's start error, naming the volume, before anything runs."""
+        out = []
+        for m in config.volume_mounts:
+            try:
+                if "hostPath" in m:
+                    source = str(m["hostPath"]["path"])
+                    prepare_host_path(source, str(m["hostPath"].get("type", "")))
+                else:
+                    empty = m["emptyDir"]
+                    source = str(self.sandboxes.empty_dir(sandbox, m["name"], memory=empty.get("medium") == "Memory",
+                                                          size_bytes=empty.get("sizeBytes")))
+            except (OSError, ValueError) as e:
+                why = e.strerror if isinstance(e, OSError) and e.strerror and e.filename is None else str(e)
+                raise RuntimeError_(f"container {config.name}: volume {m['name']!r}: {why}") from e
+            out.append({"source": source, "destination": m["mountPath"], "readOnly": bool(m.get("readOnly", False))})
+        return out
+
+    def _prepare(self, config: ContainerConfig, final: Path, sandbox: Sandbox,
+                 mounts: builtins.list[dict[str, Any]]) -> None:
         # Build the directory under a dot-name and rename it into place, so
         # list() never sees a container without its config.
         self.containers_dir.mkdir(parents=True, exist_ok=True)
@@ -464,6 +496,7 @@ class Runtime:
                 "idmap": None if sandbox.idmap is None else {"hostID": sandbox.idmap.host_id,
                                                               "size": sandbox.idmap.size},
             },
+            "mounts": mounts,
         }
         (tmp / _shim.RUNTIME_FILE).write_text(json.dumps(runtime_info, indent=2))
         (tmp / _shim.ROOTFS_DIR).mkdir(mode=0o755)
@@ -718,17 +751,19 @@ class Runtime:
 
         return _exec.exec_sync(self._dir(container_id), argv, timeout)
 
-    def ensure_sandbox(self, pod_uid: str, hostname: str, *, host_users: bool = True) -> Path:
+    def ensure_sandbox(self, pod_uid: str, hostname: str, *, host_users: bool = True, host_ipc: bool = False) -> Path:
         """Make the pod's sandbox now (``start`` does it anyway); returns its network namespace file.
 
-        For callers that set the pod's network up before its first container starts.
+        For callers that set the pod's network up before its first container starts (so
+        never for a hostNetwork pod: it has no network of its own to set up).
         """
         return self._ensure_sandbox(pod_uid, hostname[:63].rstrip("-.") or "localhost", host_users,
-                                    pod_uid).path("net")
+                                    pod_uid, host_namespaces(False, host_ipc, "")).path("net")
 
-    def _ensure_sandbox(self, pod_uid: str, hostname: str, host_users: bool, pod: str) -> Sandbox:
+    def _ensure_sandbox(self, pod_uid: str, hostname: str, host_users: bool, pod: str,
+                        host: dict[str, str]) -> Sandbox:
         try:
-            return self.sandboxes.ensure(pod_uid, hostname, host_users=host_users)
+            return self.sandboxes.ensure(pod_uid, hostname, host_users=host_users, host=host)
         except (OSError, ValueError) as e:
             raise RuntimeError_(f"pod {pod}: cannot make its sandbox: {e}") from e
 
@@ -737,12 +772,14 @@ class Runtime:
         return self.sandboxes.pod_uids()
 
     def sandbox_netns_path(self, pod_uid: str) -> Path | None:
-        """The nsfs file of the pod's network namespace (for ``setns``), None while it has no sandbox."""
+        """The nsfs file of the pod's network namespace (for ``setns``), None while it has no sandbox,
+        and None for a hostNetwork pod: its namespace is the node's, and what the network layer
+        does to a pod's namespace (delete its stray eth0, say) must never reach the node's."""
         try:
             sandbox = self.sandboxes.get(pod_uid)
         except ValueError:
             return None
-        return None if sandbox is None else sandbox.path("net")
+        return None if sandbox is None or "net" in sandbox.host else sandbox.path("net")
 
     def cleanup_all(self) -> None:
         """Kill every container and shim of this runtime, remove every cgroup under the root and the state.
@@ -794,6 +831,20 @@ class Runtime:
             self.state_dir.rmdir()  # fails if missing or someone else's files are still there
         if errors:
             raise RuntimeError_("cleanup incomplete: " + "; ".join(errors))
+
+
+def host_namespaces(host_network: bool, host_ipc: bool, node_netns: str) -> dict[str, str]:
+    """The node's namespaces a pod shares, kind -> nsfs file: the network namespace (``node_netns``,
+    else this process's) with the UTS namespace for hostNetwork, as containerd pairs them; the
+    IPC namespace for hostIPC. "This process" is the agent: its namespaces are the node's."""
+    own = f"/proc/{os.getpid()}/ns"
+    host: dict[str, str] = {}
+    if host_network:
+        host["net"] = node_netns or f"{own}/net"
+        host["uts"] = f"{own}/uts"
+    if host_ipc:
+        host["ipc"] = f"{own}/ipc"
+    return host
 
 
 def _rmtree_racing(d: Path, attempts: int = 5) -> None:

@@ -32,6 +32,19 @@ creating ``<state_dir>/userns/<k>`` with O_EXCL (the file names its pod).
 Ranges are unique per state directory: two agents on one machine (a lab)
 would hand out the same ranges.
 
+**The host's namespaces** (``hostNetwork``, ``hostIPC``): a pod may share the node's
+network namespace (and with it, as in containerd, the node's UTS namespace: its
+hostname) or IPC namespace instead of having its own. The sandbox then holds a bind
+mount of the node's namespace file under the same name, so a container joins it as it
+would join a namespace of the pod's own; nothing is created for those kinds, and the
+node's hostname is never set. ``Sandbox.host`` lists them. The node's namespaces are
+the files the caller names (the agent's own, or the node's network namespace when the
+agent is not in it).
+
+**emptyDir volumes** live in the sandbox too, ``volumes/<name>``: a directory of the
+pod's (a tmpfs for ``medium: Memory``), made for the pod's first container that mounts
+it, kept across container restarts, removed with the sandbox.
+
 **Removal** unmounts the bind mounts (the namespaces die with their last
 process) and removes the directory and the range. ``remove_all`` also
 unmounts whatever ``/proc/self/mountinfo`` still lists below the sandboxes
@@ -54,7 +67,7 @@ import re
 import shutil
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +126,7 @@ class Sandbox:
     dir: Path
     hostname: str
     idmap: IdMap | None
+    host: tuple[str, ...] = ()  # kinds that are the node's namespaces, bound here, not made (sorted)
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -125,18 +139,23 @@ class Sandbox:
         """kind -> nsfs file, for runtime.json (what the shim's child joins)."""
         return {kind: str(self.path(kind)) for kind in self.kinds}
 
+    def volume_dir(self, name: str) -> Path:
+        return self.dir / "volumes" / name
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "podUID": self.pod_uid,
             "hostname": self.hostname,
             "idmap": None if self.idmap is None else {"hostID": self.idmap.host_id, "size": self.idmap.size},
+            "host": list(self.host),
         }
 
     @classmethod
     def from_dict(cls, directory: Path, data: dict[str, Any]) -> Sandbox:
         raw = data.get("idmap")
         idmap = None if raw is None else IdMap(int(raw["hostID"]), int(raw["size"]))
-        return cls(pod_uid=str(data["podUID"]), dir=directory, hostname=str(data["hostname"]), idmap=idmap)
+        return cls(pod_uid=str(data["podUID"]), dir=directory, hostname=str(data["hostname"]), idmap=idmap,
+                   host=tuple(sorted(str(k) for k in data.get("host") or ())))
 
 
 # ---------------------------------------------------------------- kernel steps
@@ -195,21 +214,34 @@ def _write_map(pid: int, name: str, idmap: IdMap) -> None:
 
 
 def _bind_namespace(pid: int | str, kind: str, target: Path) -> None:
+    _bind_namespace_file(f"/proc/{pid}/ns/{kind}", target)
+
+
+def _bind_namespace_file(source: str, target: Path) -> None:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
     os.close(fd)
-    sc.mount(f"/proc/{pid}/ns/{kind}", target, None, sc.MS_BIND)
+    sc.mount(source, target, None, sc.MS_BIND)
 
 
-def create_namespaces(directory: Path, hostname: str, idmap: IdMap | None) -> None:
-    """Make the sandbox's namespaces and bind-mount them into ``directory``.
+def create_namespaces(directory: Path, hostname: str, idmap: IdMap | None,
+                      host: Mapping[str, str] | None = None) -> None:
+    """Make the sandbox's namespaces and bind-mount them into ``directory``; the kinds in
+    ``host`` (kind -> the node's nsfs file) are bound from there instead.
 
     Without a user namespace the calling thread makes them itself and steps
     back (``_create_in_place``); a user namespace cannot be left again, so then
     a short-lived child makes them. On error whatever was mounted stays for
     the caller to tear down.
     """
+    host = dict(host or {})
+    if idmap is not None and host:
+        raise OSError(errno.EINVAL, "a pod with a user namespace of its own cannot share the node's namespaces")
+    for kind, source in sorted(host.items()):
+        if kind not in _OWN_NAMESPACES:
+            raise OSError(errno.EINVAL, f"{kind!r} is no namespace a sandbox can share with the node")
+        _bind_namespace_file(source, directory / kind)
     if idmap is None:
-        _create_in_place(directory, hostname)
+        _create_in_place(directory, hostname, frozenset(_OWN_NAMESPACES) - set(host))
         return
     kinds = ("user", "net", "uts", "ipc") if idmap is not None else ("net", "uts", "ipc")
     up_r, up_w = os.pipe()
@@ -241,21 +273,30 @@ def create_namespaces(directory: Path, hostname: str, idmap: IdMap | None) -> No
 _OWN_NAMESPACES = {"net": sc.CLONE_NEWNET, "uts": sc.CLONE_NEWUTS, "ipc": sc.CLONE_NEWIPC}
 
 
-def _create_in_place(directory: Path, hostname: str) -> None:
-    """Unshare the calling thread into new network, UTS and IPC namespaces, bind-mount them,
-    and return the thread to the namespaces it had.
+def _create_in_place(directory: Path, hostname: str, kinds: frozenset[str] = frozenset(_OWN_NAMESPACES)) -> None:
+    """Unshare the calling thread into new namespaces of ``kinds`` (net, uts, ipc), bind-mount
+    them, and return the thread to the namespaces it had.
 
     Saves the fork of a child (a few milliseconds of a pod's start). Namespaces
     belong to a thread, so other threads of the process never see the switch.
-    Gotcha: ``/proc/thread-self``, not ``/proc/self`` (the main thread's).
+    Gotcha: ``/proc/thread-self``, not ``/proc/self`` (the main thread's). The
+    hostname is set and ``lo`` brought up only in namespaces made here: in the
+    node's own, either would change the node.
     """
-    own = {kind: os.open(f"/proc/thread-self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind in _OWN_NAMESPACES}
+    if not kinds:
+        return
+    own = {kind: os.open(f"/proc/thread-self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind in kinds}
     try:
-        sc.unshare(sc.CLONE_NEWNET | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC)
+        flags = 0
+        for kind in kinds:
+            flags |= _OWN_NAMESPACES[kind]
+        sc.unshare(flags)
         try:
-            sc.sethostname(hostname)
-            interface_up("lo")
-            for kind in _OWN_NAMESPACES:
+            if "uts" in kinds:
+                sc.sethostname(hostname)
+            if "net" in kinds:
+                interface_up("lo")
+            for kind in sorted(kinds):
                 _bind_namespace("thread-self", kind, directory / kind)
         finally:
             for kind, fd in own.items():
@@ -265,7 +306,8 @@ def _create_in_place(directory: Path, hostname: str) -> None:
             os.close(fd)
 
 
-NamespaceCreator = Callable[[Path, str, "IdMap | None"], None]
+#: (sandbox dir, hostname, id map, {kind: the node's nsfs file} for the kinds shared with the node)
+NamespaceCreator = Callable[[Path, str, "IdMap | None", Mapping[str, str]], None]
 
 
 def _unescape_mountinfo(field: str) -> str:
@@ -368,33 +410,62 @@ class Sandboxes:
     def get(self, pod_uid: str) -> Sandbox | None:
         return self._read(self._dir(pod_uid))
 
-    def ensure(self, pod_uid: str, hostname: str, *, host_users: bool = True) -> Sandbox:
-        """The pod's sandbox, created if missing (or left half-made by a crash)."""
+    def ensure(self, pod_uid: str, hostname: str, *, host_users: bool = True,
+               host: Mapping[str, str] | None = None) -> Sandbox:
+        """The pod's sandbox, created if missing (or left half-made by a crash). ``host``: the
+        kinds the pod shares with the node, each with the node's nsfs file to bind."""
         directory = self._dir(pod_uid)
+        shared = tuple(sorted(host or {}))
+        if shared and not host_users:
+            raise ValueError(f"pod {pod_uid}: a pod with hostUsers false cannot share the node's "
+                             f"{', '.join(shared)} namespace")
         with self._locked():
             existing = self._read(directory)
             if existing is not None:
                 if (existing.idmap is None) != host_users:
                     raise ValueError(f"pod {pod_uid}: its sandbox was made with hostUsers "
                                      f"{existing.idmap is None}, a container asks for {host_users}")
+                if existing.host != shared:
+                    raise ValueError(f"pod {pod_uid}: its sandbox shares {list(existing.host)} with the node, "
+                                     f"a container asks for {list(shared)}")
                 return existing
             self._teardown(directory)
             directory.mkdir(mode=0o755, parents=True)
             idmap = None if host_users else self.ranges.allocate(pod_uid)
-            sandbox = Sandbox(pod_uid=pod_uid, dir=directory, hostname=hostname, idmap=idmap)
+            sandbox = Sandbox(pod_uid=pod_uid, dir=directory, hostname=hostname, idmap=idmap, host=shared)
             try:
                 # The pod's id map is recorded before anything can fail, so a
                 # teardown after a crash releases its range.
                 _write_json(directory / ".idmap.json", sandbox.to_dict())
-                self.create(directory, hostname, idmap)
+                self.create(directory, hostname, idmap, dict(host or {}))
                 _write_json(directory / SANDBOX_FILE, sandbox.to_dict())
             except BaseException:
                 with contextlib.suppress(OSError):
                     self._teardown(directory)
                 raise
-            log.info("pod %s: sandbox created (hostname %s%s)", pod_uid, hostname,
-                     f", user namespace -> host ids {idmap.host_id}+{idmap.size}" if idmap else "")
+            log.info("pod %s: sandbox created (hostname %s%s%s)", pod_uid, hostname,
+                     f", user namespace -> host ids {idmap.host_id}+{idmap.size}" if idmap else "",
+                     f", the node's {' and '.join(shared)} namespaces" if shared else "")
             return sandbox
+
+    def empty_dir(self, sandbox: Sandbox, name: str, *, memory: bool = False, size_bytes: int | None = None) -> Path:
+        """The pod's emptyDir volume ``name`` (made if missing): a directory every user may
+        write, as the kubelet makes it, or a tmpfs of ``size_bytes`` (the kernel's default,
+        half the RAM, without) for ``medium: Memory``. Its pages are charged to the memory
+        cgroup of whoever writes them."""
+        if not _SAFE_NAME.match(name):
+            raise ValueError(f"volume name {name!r} is not usable as a directory name")
+        path = sandbox.volume_dir(name)
+        with self._locked():
+            if path.is_dir() and (not memory or os.path.ismount(path)):
+                return path
+            path.mkdir(mode=0o777, parents=True, exist_ok=True)
+            if memory:
+                size = f",size={size_bytes}" if size_bytes else ""
+                sc.mount("tmpfs", path, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode=1777{size}")
+            os.chmod(path, 0o1777 if memory else 0o777)  # mkdir applies the umask
+            log.info("pod %s: emptyDir %s made%s", sandbox.pod_uid, name, " (tmpfs)" if memory else "")
+            return path
 
     def remove(self, pod_uid: str) -> None:
         """Unmount and remove the pod's sandbox; missing is fine."""

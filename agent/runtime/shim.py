@@ -11,11 +11,14 @@ The shim
 1. writes ``shim.pid``, ignores SIGTERM/SIGINT/SIGHUP (it ends only when its
    container does);
 2. ``unshare(CLONE_NEWPID)`` on itself, so its next child is PID 1 of a new
-   PID namespace, and forks that child;
+   PID namespace, and forks that child (with ``hostPID`` no new namespace: the
+   child is an ordinary process of the node's, and what it leaves behind goes
+   with its cgroup);
 3. creates the container's cgroup with its limits and moves the child in;
 4. the child joins the pod sandbox's network, UTS and IPC namespaces
-   (``sandbox.py``), unshares its mount namespace and builds the root
-   filesystem (``rootfs.py``) while the shim moves it into the cgroup; then it
+   (``sandbox.py``; the node's own for hostNetwork and hostIPC), unshares its
+   mount namespace and builds the root filesystem (``rootfs.py``), volumes
+   bound in, while the shim moves it into the cgroup; then it
    unshares its cgroup namespace, joins the pod's user namespace if it has
    one, points stdout and stderr at two pipes, drops its privileges
    (``security.py``: capabilities, user, no_new_privs, seccomp) and execs the
@@ -38,6 +41,7 @@ State directory layout (``<state_dir>/containers/<id>/``)::
     runtime.json    cgroup path + cgroup driver spec      Runtime, before the shim
                     + the pod sandbox's namespace files and id map
                     + the orch-monitor binary
+                    + the volumes to bind: {source, destination, readOnly}
     rootfs/         empty dir; the container's / is mounted on it in its own mount ns
     shim.pid        pid of the shim                       shim
     shim.log        the shim's own log                    shim (stderr)
@@ -132,6 +136,15 @@ class ContainerConfig:
     host_users: bool = True  # spec.hostUsers; False: the pod gets its own user namespace
     # The image's unpacked layers, lowest first (empty for "host"); the overlay's lower dirs.
     layer_dirs: list[str] = field(default_factory=list)
+    # The node's namespaces the pod shares (spec.hostNetwork, hostPID, hostIPC); with the
+    # network namespace also the node's UTS namespace, its hostname, as containerd does.
+    host_network: bool = False
+    host_pid: bool = False
+    host_ipc: bool = False
+    node_netns: str = ""  # the node's network namespace file for host_network; "": the runtime's own
+    # The container's volumeMounts, each with its volume's source: {"name", "mountPath",
+    # "readOnly", and "hostPath": {"path", "type"} or "emptyDir": {"medium", "sizeBytes"}}.
+    volume_mounts: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -164,7 +177,8 @@ class ContainerConfig:
             v = data[name]
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
                 raise ValueError(f"container config: {name} must be a positive integer or null")
-        for name in ("privileged", "read_only_root_filesystem", "seccomp_unconfined", "host_users"):
+        for name in ("privileged", "read_only_root_filesystem", "seccomp_unconfined", "host_users", "host_network",
+                     "host_pid", "host_ipc"):
             if name in data and not isinstance(data[name], bool):
                 raise ValueError(f"container config: {name} must be a boolean")
         if data.get("allow_privilege_escalation") not in (None, True, False):
@@ -173,6 +187,15 @@ class ContainerConfig:
             v = data.get(name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**32 - 1):
                 raise ValueError(f"container config: {name} must be an integer from 0 to 4294967294 or null")
+        if not isinstance(data.get("node_netns", ""), str):
+            raise ValueError("container config: node_netns must be a string")
+        mounts = data.get("volume_mounts", [])
+        if not isinstance(mounts, (list, tuple)):
+            raise ValueError("container config: volume_mounts must be a list")
+        for m in mounts:
+            problem = _volume_mount_problem(m)
+            if problem:
+                raise ValueError(f"container config: volume_mounts: {problem}")
         caps: dict[str, list[str]] = {}
         layers = data.get("layer_dirs", [])
         if not isinstance(layers, (list, tuple)) or not all(isinstance(x, str) and x.startswith("/") for x in layers):
@@ -189,7 +212,8 @@ class ContainerConfig:
                 except ValueError as e:
                     raise ValueError(f"container config: {name}: {e}") from None
             caps[name] = list(v)
-        return cls(**{**data, "argv": list(argv), "env": dict(env), **caps})
+        return cls(**{**data, "argv": list(argv), "env": dict(env), **caps,
+                      "volume_mounts": [dict(m) for m in mounts]})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ContainerConfig:
@@ -219,6 +243,29 @@ class ContainerConfig:
         env.setdefault("PATH", DEFAULT_PATH)
         env.setdefault("HOSTNAME", self.uts_hostname)
         return env
+
+
+def _volume_mount_problem(m: Any) -> str | None:
+    """What is wrong with one ``volume_mounts`` entry; None when it is well formed."""
+    if not isinstance(m, dict) or not isinstance(m.get("name"), str):
+        return f"each must be a mapping with a name, got {m!r}"
+    where = m.get("mountPath")
+    if not isinstance(where, str) or not where.startswith("/") or ".." in where.split("/"):
+        return f"{m['name']}: mountPath must be an absolute path without '..', got {where!r}"
+    if not isinstance(m.get("readOnly", False), bool):
+        return f"{m['name']}: readOnly must be a boolean"
+    sources = [k for k in ("hostPath", "emptyDir") if k in m]
+    if len(sources) != 1:
+        return f"{m['name']}: must have one source, hostPath or emptyDir"
+    src = m[sources[0]]
+    if sources[0] == "hostPath":
+        ok = (isinstance(src, dict) and isinstance(src.get("path"), str) and src["path"].startswith("/")
+              and isinstance(src.get("type", ""), str))
+        return None if ok else f"{m['name']}: hostPath must have an absolute path and a type"
+    size = src.get("sizeBytes") if isinstance(src, dict) else None
+    ok = (isinstance(src, dict) and src.get("medium", "") in ("", "Memory")
+          and (size is None or (isinstance(size, int) and not isinstance(size, bool) and size > 0)))
+    return None if ok else f"{m['name']}: emptyDir must have medium \"\" or \"Memory\" and a positive sizeBytes or none"
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -303,6 +350,7 @@ def _child(config: ConfigBundle, error_fd: int, joined_fd: int, stdio: _logs.Std
             layers=tuple(c.layer_dirs),
             state_dir=config.dir,
             userns_fd=ns_fds.get("user"),
+            mounts=config.mounts,
         ))
         step = "join cgroup"
         if os.read(joined_fd, 1) != b"1":
@@ -358,6 +406,7 @@ class ConfigBundle:
     monitor: str  # the orch-monitor binary (monitor.py)
     namespaces: dict[str, str] = field(default_factory=dict)  # kind -> nsfs file of the pod sandbox
     host_id: int = 0  # host uid/gid of the container's root (0 without a user namespace)
+    mounts: tuple[rootfs.BindMount, ...] = ()  # the volumes, as the Runtime resolved them
 
 
 def _load(state_dir: Path) -> ConfigBundle:
@@ -374,6 +423,8 @@ def _load(state_dir: Path) -> ConfigBundle:
         monitor=runtime["monitor"],
         namespaces=namespaces,
         host_id=int(idmap["hostID"]) if idmap else 0,
+        mounts=tuple(rootfs.BindMount(str(m["source"]), str(m["destination"]), bool(m.get("readOnly", False)))
+                     for m in runtime.get("mounts") or ()),
     )
 
 
@@ -412,7 +463,10 @@ def run(state_dir: Path, notify_fd: int | None = None) -> int:
     try:
         # From here the shim must fork exactly once: the first child is the
         # namespace's PID 1, and after it dies no fork in this namespace works.
-        sc.unshare(sc.CLONE_NEWPID)
+        # hostPID: the child stays in the node's PID namespace, no PID 1 of its own;
+        # what it leaves behind when it exits goes with its cgroup (orch-monitor).
+        if not bundle.container.host_pid:
+            sc.unshare(sc.CLONE_NEWPID)
     except OSError as e:
         log.error("container %s: setup failed: %s", cid, e)
         _write_start_error(state_dir, f"setup: {e}")
