@@ -482,6 +482,16 @@ class Store:
             return NodeAllocation(node, {}, 0)
         return NodeAllocation(node, dict(json.loads(kv.value).get("pods") or {}), int(kv.mod_revision))
 
+    async def list_allocations(self) -> dict[str, NodeAllocation]:
+        """Every node's ledger, in one range read (a node without one is absent)."""
+        prefix = f"{self.prefix}/nodeallocations/"
+        rng = await self._run(lambda: self.client.get_prefix(prefix.encode()), "list", "nodeallocations")
+        out = {}
+        for kv in rng:
+            node = kv.key.decode()[len(prefix):]
+            out[node] = NodeAllocation(node, dict(json.loads(kv.value).get("pods") or {}), int(kv.mod_revision))
+        return out
+
     async def bind(self, pod: Obj, expected_rv: int, allocation: NodeAllocation) -> tuple[Obj, NodeAllocation]:
         """Write ``pod`` (already carrying its ``spec.nodeName``) and ``allocation``'s new ledger
         in one transaction, if the pod is still at ``expected_rv`` and the ledger still at
@@ -496,7 +506,8 @@ class Store:
         else:
             compares.append(tx.mod(alloc_key) == allocation.revision)
         ledger = json.dumps({"pods": allocation.pods}, sort_keys=True, separators=(",", ":")).encode()
-        puts = [tx.put(pod_key, self._encode(pod)), tx.put(alloc_key, ledger)]
+        value = self._encode(pod)
+        puts = [tx.put(pod_key, value), tx.put(alloc_key, ledger)]
         ok, responses = await self._run(lambda: self.client.transaction(compare=compares, success=puts, failure=[]),
                                         "update", "pods")
         if not ok:
@@ -507,7 +518,7 @@ class Store:
                 await self._explain_failed_write([Write(pod, expected_rv)])
             raise AllocationConflict(f'node "{allocation.node}": its allocations changed meanwhile')
         revision = int(responses[0].response_put.header.revision)
-        stored = json.loads(self._encode(pod))
+        stored = json.loads(value)
         stored["metadata"]["resourceVersion"] = str(revision)
         return stored, NodeAllocation(allocation.node, allocation.pods, revision)
 
