@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,8 +62,17 @@ def kind_for(word: str) -> Kind | None:
     return None
 
 
+_last_second: tuple[int, str] = (0, "")
+
+
 def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Now, to the second, as Kubernetes writes timestamps. Formatted once per second: a
+    scheduler binding hundreds of pods a second stamps each condition and Event."""
+    global _last_second
+    second = int(time.time())
+    if second != _last_second[0]:
+        _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
+    return _last_second[1]
 
 
 def parse_rfc3339(text: str) -> datetime.datetime:

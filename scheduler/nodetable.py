@@ -49,7 +49,7 @@ def _bools(values: Sequence[bool]) -> Mask:
 class NodeTable:
     """Columns over ``infos`` (row ``i`` is ``infos[i]``, whose ``row`` is set to ``i``)."""
 
-    __slots__ = ("infos", "everyone", "ready", "unschedulable", "tainted", "alloc_cpu", "alloc_memory",
+    __slots__ = ("infos", "everyone", "ready", "unschedulable", "schedulable", "any_unschedulable", "tainted", "alloc_cpu", "alloc_memory",
                  "alloc_pods", "requested_cpu", "requested_memory", "non_zero_cpu", "non_zero_memory", "pod_count")
 
     def __init__(self, infos: Sequence[NodeInfo]) -> None:
@@ -60,6 +60,8 @@ class NodeTable:
         self.everyone: Mask = np.ones(len(nodes), np.bool_)
         self.ready = _bools([n.ready for n in nodes])
         self.unschedulable = _bools([n.unschedulable for n in nodes])
+        self.schedulable: Mask = ~self.unschedulable
+        self.any_unschedulable = bool(self.unschedulable.any())
         self.tainted = _bools([bool(n.taints) for n in nodes])
         self.alloc_cpu = _ints([n.allocatable[0] for n in nodes])
         self.alloc_memory = _ints([n.allocatable[1] for n in nodes])

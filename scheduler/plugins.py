@@ -128,9 +128,9 @@ class NodeUnschedulable:
         return Status.unresolvable("node(s) were unschedulable")
 
     def filter_table(self, state: CycleState, pod: Obj, table: NodeTable) -> Mask:
-        if tolerated(pod["spec"].get("tolerations") or (), UNSCHEDULABLE_TAINT):
+        if not table.any_unschedulable or tolerated(pod["spec"].get("tolerations") or (), UNSCHEDULABLE_TAINT):
             return table.everyone
-        return ~table.unschedulable
+        return table.schedulable
 
 
 class NodeName:
