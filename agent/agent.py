@@ -188,18 +188,6 @@ def insecure_registry(host: str, insecure: Sequence[str]) -> bool:
     return False
 
 
-def files_stamp(files: pki.TLSFiles) -> tuple[tuple[int, int], ...]:
-    """(mtime, size) of the certificate, key and CA bundle: what a rotation changes."""
-    out = []
-    for path in (files.cert, files.key, files.ca):
-        try:
-            st = path.stat()
-            out.append((st.st_mtime_ns, st.st_size))
-        except OSError:
-            out.append((0, 0))
-    return tuple(out)
-
-
 def certificate_serial(pem: bytes) -> int:
     return int(x509.load_pem_x509_certificate(pem).serial_number)
 
@@ -342,7 +330,7 @@ class Agent:
             else:
                 await asyncio.sleep(0.1)
 
-    async def _channel(self, address: str) -> tuple[grpc.aio.Channel, tuple[tuple[int, int], ...]]:
+    async def _channel(self, address: str) -> tuple[grpc.aio.Channel, pki.FilesStamp]:
         """A channel to the scheduler at ``address``, and the stamp of the certificate files it
         was made from (see ``_certificate_rotated``). Over mutual TLS the node's certificate is
         read now, so a new connection presents whatever is on disk; the scheduler's is checked
@@ -350,14 +338,14 @@ class Agent:
         tls = self.config.tls
         if tls is None:
             return grpc.aio.insecure_channel(address), ()
-        stamp = files_stamp(tls)
+        stamp = pki.files_stamp(tls)
         # In a thread: load_tls reads again (with short sleeps) when it falls between a rotation's writes.
         material = await asyncio.to_thread(pki.load_tls, tls)
         log.info("node %s: dialling %s over mutual TLS with certificate serial %x", self.config.name, address,
                  certificate_serial(material.certificate_chain))
         return grpc.aio.secure_channel(address, material.channel_credentials()), stamp
 
-    async def _certificate_rotated(self, stamp: tuple[tuple[int, int], ...]) -> None:
+    async def _certificate_rotated(self, stamp: pki.FilesStamp) -> None:
         """Return once the certificate files differ from ``stamp`` and hold a matching pair
         again: the connection then ends, and the next one presents the new certificate.
 
@@ -370,7 +358,7 @@ class Agent:
             return
         while True:
             await asyncio.sleep(CERT_POLL_INTERVAL)
-            now = files_stamp(tls)
+            now = pki.files_stamp(tls)
             if now == stamp:
                 continue
             try:

@@ -168,26 +168,10 @@ INSECURE_WARNING = ("node %s: --insecure: PLAINTEXT to the schedulers and on %s,
 def node_tls(args: argparse.Namespace) -> pki.TLSFiles | None:
     """The node's certificate, key and CA bundle; None with ``--insecure``. ValueError names
     the flags when material is missing: without ``--insecure`` the agent never goes plaintext."""
-    given = {"--tls-cert-file": args.tls_cert_file, "--tls-private-key-file": args.tls_private_key_file,
-             "--ca-file": args.ca_file}
-    if args.insecure:
-        named = [flag for flag, value in given.items() if value is not None] + (["--pki-dir"] if args.pki_dir else [])
-        if named:
-            raise ValueError(f"--insecure is plaintext; it cannot be given with {', '.join(named)}")
-        return None
-    if args.pki_dir is not None:
-        layout = pki.TLSFiles.for_slot(args.pki_dir, pki.node_slot(args.node_name))
-        return pki.TLSFiles(args.tls_cert_file or layout.cert, args.tls_private_key_file or layout.key,
-                            args.ca_file or layout.ca)
-    missing = [flag for flag, value in given.items() if value is None]
-    if len(missing) == len(given):
-        raise ValueError("no TLS material: give --pki-dir DIR (nodes/<node-name>.crt and ca.crt), or "
-                         "--tls-cert-file, --tls-private-key-file and --ca-file; or --insecure for plaintext, which "
-                         "lets anyone who reaches the agent exec into its containers")
-    if missing:
-        raise ValueError(f"{', '.join(missing)} missing: TLS needs --tls-cert-file, --tls-private-key-file and "
-                         "--ca-file together (or --pki-dir DIR)")
-    return pki.TLSFiles(args.tls_cert_file, args.tls_private_key_file, args.ca_file)
+    return pki.tls_files_from_flags(
+        args.tls_cert_file, args.tls_private_key_file, args.ca_file, ca_flag="--ca-file", pki_dir=args.pki_dir,
+        slot=pki.node_slot(args.node_name), insecure=args.insecure,
+        without="lets anyone who reaches the agent exec into its containers")
 
 
 async def run(config: NodeConfig, metrics_listen: tuple[str, int] | None = None) -> None:

@@ -831,6 +831,48 @@ def _read(path: Path) -> bytes:
         raise PkiError(f"{path}: cannot read: {e.strerror or e}") from e
 
 
+def tls_files_from_flags(cert: Path | None, key: Path | None, ca: Path | None, *, ca_flag: str,
+                         pki_dir: Path | None, slot: str, insecure: bool, without: str) -> TLSFiles | None:
+    """A component's TLS files from its flags: ``--tls-cert-file``, ``--tls-private-key-file``
+    and ``ca_flag`` (each beats ``--pki-dir``'s file of ``slot``); None with ``--insecure``.
+    ValueError naming the flags when material is missing or ``--insecure`` comes with some:
+    a component never goes plaintext unless told so. ``without``: what the message says
+    plaintext would give away."""
+    given = {"--tls-cert-file": cert, "--tls-private-key-file": key, ca_flag: ca}
+    if insecure:
+        named = [flag for flag, value in given.items() if value is not None] + (["--pki-dir"] if pki_dir else [])
+        if named:
+            raise ValueError(f"--insecure is plaintext; it cannot be given with {', '.join(named)}")
+        return None
+    if pki_dir is not None:
+        layout = TLSFiles.for_slot(pki_dir, slot)
+        return TLSFiles(cert or layout.cert, key or layout.key, ca or layout.ca)
+    missing = [flag for flag, value in given.items() if value is None]
+    if len(missing) == len(given):
+        raise ValueError(f"no TLS material: give --pki-dir DIR, or --tls-cert-file, --tls-private-key-file and "
+                         f"{ca_flag} (orchctl pki init makes them); or --insecure for plaintext, which {without}")
+    if cert is None or key is None or ca is None:
+        raise ValueError(f"{', '.join(missing)} missing: TLS needs --tls-cert-file, --tls-private-key-file and "
+                         f"{ca_flag} together (or --pki-dir DIR)")
+    return TLSFiles(cert, key, ca)
+
+
+FilesStamp = tuple[tuple[int, int], ...]
+
+
+def files_stamp(files: TLSFiles) -> FilesStamp:
+    """(mtime, size) of the certificate, key and CA bundle (zeros for a missing one): what a
+    rotation changes, so a process knows when to read them again."""
+    out = []
+    for path in (files.cert, files.key, files.ca):
+        try:
+            st = path.stat()
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((0, 0))
+    return tuple(out)
+
+
 def reloading_server_credentials(files: TLSFiles, *, require_client_auth: bool = True) -> grpc.ServerCredentials:
     """Server credentials that pick up a rotated certificate or trust bundle without a restart.
 
@@ -840,15 +882,8 @@ def reloading_server_credentials(files: TLSFiles, *, require_client_auth: bool =
     rotation drops nobody. A file caught mid-rotation (key and certificate not
     matching) is skipped until the next handshake.
     """
-    def stamp() -> tuple[tuple[int, int], ...]:
-        out = []
-        for p in (files.cert, files.key, files.ca):
-            try:
-                st = p.stat()
-                out.append((st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append((0, 0))
-        return tuple(out)
+    def stamp() -> FilesStamp:
+        return files_stamp(files)
 
     def configuration(material: TLSMaterial) -> Any:
         return grpc.ssl_server_certificate_configuration(

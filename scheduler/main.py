@@ -167,26 +167,13 @@ def serving_tls(args: argparse.Namespace) -> pki.TLSFiles | None:
 
     Refuses (TLSConfigError) to run without TLS material unless ``--insecure`` says so:
     a scheduler that serves plaintext by accident hands the cluster to its network."""
-    given = {"--tls-cert-file": args.tls_cert_file, "--tls-private-key-file": args.tls_private_key_file,
-             "--client-ca-file": args.client_ca_file}
-    if args.insecure:
-        named = [flag for flag, value in given.items() if value is not None] + (["--pki-dir"] if args.pki_dir else [])
-        if named:
-            raise TLSConfigError(f"--insecure serves plaintext; it cannot be given with {', '.join(named)}")
-        return None
-    if args.pki_dir is not None:
-        layout = pki.TLSFiles.for_slot(args.pki_dir, pki.SCHEDULER)
-        return pki.TLSFiles(args.tls_cert_file or layout.cert, args.tls_private_key_file or layout.key,
-                            args.client_ca_file or layout.ca)
-    missing = [flag for flag, value in given.items() if value is None]
-    if len(missing) == len(given):
-        raise TLSConfigError("no TLS material: give --pki-dir DIR, or --tls-cert-file, --tls-private-key-file and "
-                             "--client-ca-file (orchctl pki init makes them); or --insecure to serve plaintext, "
-                             "which lets anyone who can reach the port own the cluster")
-    if missing:
-        raise TLSConfigError(f"{', '.join(missing)} missing: TLS needs --tls-cert-file, --tls-private-key-file and "
-                             "--client-ca-file together (or --pki-dir DIR)")
-    return pki.TLSFiles(args.tls_cert_file, args.tls_private_key_file, args.client_ca_file)
+    try:
+        return pki.tls_files_from_flags(
+            args.tls_cert_file, args.tls_private_key_file, args.client_ca_file, ca_flag="--client-ca-file",
+            pki_dir=args.pki_dir, slot=pki.SCHEDULER, insecure=args.insecure,
+            without="lets anyone who can reach the port own the cluster")
+    except ValueError as e:
+        raise TLSConfigError(str(e)) from None
 
 
 def etcd_tls(args: argparse.Namespace) -> EtcdTLS | None:

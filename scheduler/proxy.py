@@ -60,18 +60,6 @@ def agent_endpoint(node: Obj) -> str | None:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def file_stamp(files: pki.TLSFiles) -> tuple[tuple[int, int], ...]:
-    """(mtime, size) of the certificate, key and CA bundle: what changes when they are rotated."""
-    out = []
-    for path in (files.cert, files.key, files.ca):
-        try:
-            st = path.stat()
-            out.append((st.st_mtime_ns, st.st_size))
-        except OSError:
-            out.append((0, 0))
-    return tuple(out)
-
-
 #: Bytes a message when the scheduler streams an image archive on to an agent.
 IMPORT_CHUNK = 1024 * 1024
 
@@ -85,7 +73,7 @@ class AgentProxy:
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
         self._tls: pki.TLSFiles | None = None
         self._credentials: grpc.ChannelCredentials | None = None
-        self._stamp: tuple[tuple[int, int], ...] = ()
+        self._stamp: pki.FilesStamp = ()
         # Channels made with a certificate since rotated: they finish their calls, and close with the proxy.
         self._retired: list[grpc.aio.Channel] = []
 
@@ -109,7 +97,7 @@ class AgentProxy:
         certificate is used from the next channel on (channels made before keep theirs)."""
         if self._tls is None:
             return None
-        stamp = file_stamp(self._tls)
+        stamp = pki.files_stamp(self._tls)
         if self._credentials is None or stamp != self._stamp:
             try:
                 material = pki.load_tls(self._tls, attempts=1)

@@ -269,18 +269,18 @@ def test_scheduler_and_agent_refuse_to_start_without_tls_material(tmp_path: Path
     assert done.returncode == 2
     assert done.stderr.strip() == (
         "orch-scheduler: error: no TLS material: give --pki-dir DIR, or --tls-cert-file, --tls-private-key-file and "
-        "--client-ca-file (orchctl pki init makes them); or --insecure to serve plaintext, which lets anyone who can "
+        "--client-ca-file (orchctl pki init makes them); or --insecure for plaintext, which lets anyone who can "
         "reach the port own the cluster")
     done = run_module("scheduler.main", "--tls-cert-file", "x.crt", "--metrics-listen", "off")
     assert done.returncode == 2 and "--tls-private-key-file, --client-ca-file missing" in done.stderr
     done = run_module("scheduler.main", "--insecure", "--pki-dir", str(tmp_path), "--metrics-listen", "off")
-    assert done.returncode == 2 and "--insecure serves plaintext; it cannot be given with --pki-dir" in done.stderr
+    assert done.returncode == 2 and "--insecure is plaintext; it cannot be given with --pki-dir" in done.stderr
     done = run_module("scheduler.main", "--pki-dir", str(tmp_path / "absent"), "--metrics-listen", "off")
     assert done.returncode == 1 and f"{tmp_path / 'absent' / 'scheduler.key'}: no such file" in done.stderr
 
     done = run_module("agent.main", "--node-name", "n1", "--state-dir", str(tmp_path / "state"))
     assert done.returncode == 2
-    assert "no TLS material: give --pki-dir DIR (nodes/<node-name>.crt and ca.crt), or --tls-cert-file" in done.stderr
+    assert "no TLS material: give --pki-dir DIR, or --tls-cert-file, --tls-private-key-file and --ca-file" in done.stderr
     p = pki.PKI(tmp_path / "pki")
     p.init(nodes={"n2": []})
     done = run_module("agent.main", "--node-name", "n1", "--state-dir", str(tmp_path / "state"),
