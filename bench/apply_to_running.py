@@ -529,7 +529,8 @@ def run(args: argparse.Namespace) -> Result:
         progress(f"lab up: {args.nodes} node(s) in {lab_dir} (node cpu {args.node_cpu}, memory {node_memory})")
         t = time.monotonic()
         lab_started = True
-        info = labmod.up(lab_dir, args.nodes, node_cpu=args.node_cpu, node_memory=node_memory)
+        info = labmod.up(lab_dir, args.nodes, node_cpu=args.node_cpu, node_memory=node_memory,
+                         insecure=args.insecure)
         res.timings["lab_up_s"] = time.monotonic() - t
         server = info["server"]
         agents = {a["node"]: Path(a["state_dir"]) for a in info["agents"]}
@@ -769,6 +770,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a pod may take to be Running (default 60)")
     p.add_argument("--node-cpu", default="4", help="CPU each lab node advertises (default 4)")
     p.add_argument("--node-memory", default=None, help="memory each lab node advertises (default: enough for all pods)")
+    p.add_argument("--insecure", action="store_true",
+                   help="a plaintext lab (lab up --insecure), to see what mutual TLS costs the path")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     args = p.parse_args(argv)
     if args.pods < 1 or args.nodes < 1 or args.warmup < 0 or args.cli_pods < 0:
