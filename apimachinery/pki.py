@@ -519,14 +519,19 @@ def write_certs(path: Path, certs: Iterable[x509.Certificate]) -> None:
     atomic_write(path, certs_pem(certs), CERT_MODE)
 
 
-def read_certs(path: Path) -> list[x509.Certificate]:
-    """Every certificate in a PEM file (a trust bundle holds several)."""
+def _read_pem(path: Path, what: str) -> bytes:
+    """The bytes of ``path``; PkiError naming it (and ``what`` it should hold) when it cannot be read."""
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
-        raise PkiError(f"{path}: no such certificate file") from None
+        raise PkiError(f"{path}: no such {what} file") from None
     except OSError as e:
         raise PkiError(f"{path}: cannot read: {e.strerror or e}") from e
+
+
+def read_certs(path: Path) -> list[x509.Certificate]:
+    """Every certificate in a PEM file (a trust bundle holds several)."""
+    data = _read_pem(path, "certificate")
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as e:
@@ -539,12 +544,7 @@ def read_cert(path: Path) -> x509.Certificate:
 
 
 def read_key(path: Path) -> PrivateKey:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise PkiError(f"{path}: no such key file") from None
-    except OSError as e:
-        raise PkiError(f"{path}: cannot read: {e.strerror or e}") from e
+    data = _read_pem(path, "key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:

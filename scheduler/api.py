@@ -202,21 +202,22 @@ def check_name(name: str, field: str = "name") -> str:
     return name
 
 
+def _optional_label(value: str, field: str) -> str:
+    """``value`` if it is empty or a DNS-1123 label; ValidationError naming ``field`` otherwise."""
+    problem = validate_dns1123_label(value) if value else None
+    if problem:
+        raise ValidationError(FieldError(field, problem))
+    return value
+
+
 def check_namespace(namespace: str, field: str = "namespace") -> str:
     """``namespace`` if it is a DNS-1123 label, or empty (the default, or every namespace)."""
-    if namespace:
-        problem = validate_dns1123_label(namespace)
-        if problem:
-            raise ValidationError(FieldError(field, problem))
-    return namespace
+    return _optional_label(namespace, field)
 
 
 def check_container(name: str, field: str = "container") -> str:
-    if name:
-        problem = validate_dns1123_label(name)
-        if problem:
-            raise ValidationError(FieldError(field, problem))
-    return name
+    """A container name, or empty (the pod's only one)."""
+    return _optional_label(name, field)
 
 
 def matcher(selector: str) -> Any:
